@@ -26,6 +26,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             "model": str,
             "base_url": str,
             "seed": int,
+            "elapsed_seconds": float,  # summed over every session of the run (resume)
             "config": str,  # JSON: generation settings, caps, prices (never the API key)
         },
         pk="id",
@@ -37,6 +38,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             "parent_node_ids": str,  # JSON list: the in-context example(s) shown
             "depth": int,  # depth of the children this call makes
             "strategy": str,
+            "chain": int,  # for chain strategies (random, contrastive, similar): which chain
             "attempt": int,  # 1 for the first HTTP attempt of a request, 2 for its first retry...
             "request_key": str,  # the same for every attempt of one logical request
             "model": str,
@@ -79,6 +81,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             "raw": str,  # the candidate as the model wrote it, for rejected ones
             "cost_share_micro": int,  # the call's cost split over the candidates it produced
             "expanded": int,  # number of expansion calls that finished with this node in context
+            "novelty": float,  # 1 - max cosine similarity to the nodes accepted before it
             "created_at": str,
         },
         pk="id",
@@ -88,6 +91,26 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["nodes"].create_index(["dedup_key"])
     db["nodes"].create_index(["parent_id"])
     db["calls"].create_index(["status"])
+
+
+@migrations()
+def m040_metrics(db: sqlite_utils.Database) -> None:
+    # Quality figures from `treegen metrics`, appended on every measurement (history kept);
+    # `treegen compare` reads name, value and created_at.
+    db["metrics"].create(
+        {
+            "id": int,
+            "created_at": str,
+            "reference": str,  # task name, or file:<path> for a reference file
+            "name": str,  # distinct_1, self_bleu, mauve, contamination_rate, drift_depth_2, ...
+            "value": float,
+            "params": str,  # JSON: parameters of the measure (K, sample sizes, embedder, student, seed)
+            "n_items": int,
+            "simulated": int,  # 1 when the measured run used the simulator
+        },
+        pk="id",
+    )
+    db["metrics"].create_index(["name", "created_at"])
 
 
 def apply(db: sqlite_utils.Database) -> None:

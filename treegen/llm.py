@@ -1,0 +1,232 @@
+"""The one LLM path: the async ``openai`` SDK against any OpenAI-compatible base URL.
+
+The SDK's own retries are switched off: every HTTP attempt is reserved against the budget
+and recorded as its own row, so retries (exponential backoff with jitter, honouring
+``Retry-After``) are done by the engine with the helpers here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import openai
+
+from treegen.errors import BackendError
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+@dataclass
+class ChatReply:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cached_tokens: int
+    request_id: str | None
+    model: str | None
+
+
+@dataclass
+class AttemptFailure(Exception):
+    """One HTTP attempt that failed. ``retryable`` failures are retried by the engine."""
+
+    kind: str  # "timeout", "connection", "rate-limit", "server", "fatal"
+    message: str
+    http_status: int | None = None
+    retry_after: float | None = None
+    request_id: str | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind != "fatal"
+
+    @property
+    def billing_unknown(self) -> bool:
+        # The server may have done (and billed) the work when we stopped listening.
+        return self.kind in ("timeout", "connection")
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def uses_max_completion_tokens(model: str, base_url: str | None) -> bool:
+    """OpenAI's reasoning models refuse ``max_tokens``; other servers expect it."""
+    official = base_url is None or "api.openai.com" in base_url
+    return official and model.lower().startswith(("o1", "o3", "o4", "gpt-5"))
+
+
+def _retry_after(headers: httpx.Headers | None) -> float | None:
+    if not headers:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return float(value)
+        except ValueError:
+            return None  # an HTTP date: fall back to backoff
+    return None
+
+
+class ChatClient:
+    def __init__(self, base_url: str | None, api_key: str | None, model: str, timeout: float = 60.0):
+        self.model = model
+        self.base_url = base_url or OPENAI_BASE_URL
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=api_key or "not-needed",
+            max_retries=0,
+            timeout=timeout,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float | None,
+        top_p: float | None,
+        seed: int | None,
+        timeout: float,
+    ) -> ChatReply:
+        params: dict[str, Any] = {"model": self.model, "messages": messages, "timeout": timeout}
+        if uses_max_completion_tokens(self.model, self.base_url):
+            params["max_completion_tokens"] = max_tokens
+        else:
+            params["max_tokens"] = max_tokens
+        if temperature is not None:
+            params["temperature"] = temperature
+        if top_p is not None:
+            params["top_p"] = top_p
+        if seed is not None:
+            params["seed"] = seed
+        try:
+            raw = await self._client.chat.completions.with_raw_response.create(**params)
+        except openai.APITimeoutError as exc:
+            raise AttemptFailure("timeout", f"no answer within {timeout:g} s") from exc
+        except openai.APIConnectionError as exc:
+            if isinstance(exc.__cause__, httpx.ConnectError):
+                # Nothing reached the server, so nothing can have been billed.
+                raise AttemptFailure("refused", f"could not connect to {self.base_url}") from exc
+            raise AttemptFailure("connection", f"could not reach {self.base_url}: {exc}") from exc
+        except openai.APIStatusError as exc:
+            raise _status_failure(exc, self.base_url, self.model) from exc
+        completion = raw.parse()
+        request_id = raw.headers.get("x-request-id")
+        if not completion.choices:
+            raise AttemptFailure("server", "the server answered with no choices", raw.status_code, None, request_id)
+        choice = completion.choices[0]
+        usage = completion.usage
+        cached = 0
+        if usage is not None and getattr(usage, "prompt_tokens_details", None) is not None:
+            cached = usage.prompt_tokens_details.cached_tokens or 0
+        return ChatReply(
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            cached_tokens=cached,
+            request_id=request_id,
+            model=completion.model,
+        )
+
+
+def _status_failure(exc: openai.APIStatusError, base_url: str, model: str) -> AttemptFailure:
+    status = exc.status_code
+    rid = exc.response.headers.get("x-request-id") if exc.response is not None else None
+    message = _error_message(exc)
+    if status == 429:
+        # OpenAI says "insufficient_quota" with a 429 too: retrying that never helps.
+        if "insufficient_quota" in message or "exceeded your current quota" in message:
+            return AttemptFailure("fatal", f"the account is out of credit: {message}", status, None, rid)
+        return AttemptFailure("rate-limit", f"rate limited: {message}", status, _retry_after(exc.response.headers), rid)
+    if status >= 500 or status in (408, 409):
+        return AttemptFailure("server", f"server error {status}: {message}", status, _retry_after(exc.response.headers), rid)
+    if status == 401:
+        return AttemptFailure(
+            "fatal",
+            f"the server at {base_url} refused the API key (401). Set OPENAI_API_KEY to a valid key "
+            "(for local servers any value works unless the server was started with a key).",
+            status, None, rid,
+        )
+    if status == 404:
+        return AttemptFailure(
+            "fatal",
+            f"{base_url} does not know model {model!r} or the chat completions path (404): {message}. "
+            "Check --model and --base-url (a local server's URL usually ends in /v1).",
+            status, None, rid,
+        )
+    return AttemptFailure("fatal", f"the server refused the request ({status}): {message}", status, None, rid)
+
+
+def _error_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+    return str(exc.message)
+
+
+def fatal_backend_error(failure: AttemptFailure) -> BackendError:
+    return BackendError(failure.message)
+
+
+def backoff_seconds(attempt: int, rng: random.Random, base: float = 0.5, cap: float = 30.0,
+                    retry_after: float | None = None) -> float:
+    """Full-jitter exponential backoff; a server's Retry-After is a floor, never shortened."""
+    delay = rng.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+class RateLimiter:
+    """Requests-per-minute and tokens-per-minute limits over a sliding 60 s window.
+
+    ``pause_until`` lets one 429 hold back every sender, not just the one that got it.
+    """
+
+    def __init__(self, rpm: int | None = None, tpm: int | None = None, window: float = 60.0):
+        self.rpm = rpm
+        self.tpm = tpm
+        self.window = window
+        self._sent: deque[tuple[float, int]] = deque()
+        self._tokens = 0
+        self._paused_until = 0.0
+        self._lock = asyncio.Lock()
+
+    def pause(self, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    async def acquire(self, tokens: int) -> None:
+        async with self._lock:  # one waiter at a time keeps the order fair
+            while True:
+                now = time.monotonic()
+                while self._sent and self._sent[0][0] <= now - self.window:
+                    self._tokens -= self._sent.popleft()[1]
+                wait = self._paused_until - now
+                if self.rpm is not None and len(self._sent) >= self.rpm:
+                    wait = max(wait, self._sent[0][0] + self.window - now)
+                if self.tpm is not None and self._sent and self._tokens + tokens > self.tpm:
+                    wait = max(wait, self._sent[0][0] + self.window - now)
+                if wait <= 0:
+                    self._sent.append((now, tokens))
+                    self._tokens += tokens
+                    return
+                await asyncio.sleep(min(wait, 1.0))

@@ -1,0 +1,542 @@
+"""An offline, OpenAI-compatible chat-completions server that answers treegen's prompts.
+
+Everything it serves is simulated. A reply is k items drawn from a pool of real (or
+synthetic) examples NEAR the in-context example(s): TF-IDF cosine similarity, sampled with
+probability proportional to exp(sim / tau) without replacement, tau growing with the
+request's temperature. Items are rendered in the shapes real models use (bare array, fenced
+array, one object a line, numbered list, with chatter). Faults are injected on demand: rate
+limits (429 + Retry-After), 500/503, hangs, malformed or truncated replies, wrong item counts,
+flipped labels, duplicates.
+
+Determinism: a reply's content is a pure function of (config.seed, the request's ``seed``,
+the messages), whatever the concurrency. Transport faults (error, hang) are drawn from the
+same key plus the number of times that identical request was seen before, so a retry can
+succeed; only rate limiting depends on the clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from treegen.examples import Example, InvalidExample, TaskFormat, dedup_key, example_from_dict, load_examples
+from treegen.prompts import read_prompt
+from treegen.synthetic import synthetic_pool
+from treegen.tokens import count_messages, count_text, encoding_name_for_model, get_encoding
+
+SIM_MODEL = "treegen-sim"
+DEFAULT_MAX_TOKENS = 4096  # reserved against the TPM limit when a request sets none
+WINDOW_S = 60.0
+
+
+@dataclass
+class SimConfig:
+    pool_path: str | None = None  # JSONL in the unified format; None -> synthetic pool
+    latency_ms: float = 0.0  # per request, plus jitter_ms uniform
+    jitter_ms: float = 0.0
+    rpm_limit: int | None = None  # requests per minute (sliding 60 s window)
+    tpm_limit: int | None = None  # tokens per minute (prompt + max_tokens)
+    error_rate: float = 0.0  # 500 / 503 answers
+    timeout_rate: float = 0.0  # the request hangs hang_seconds before answering
+    hang_seconds: float = 30.0
+    malformed_rate: float = 0.0  # reply text with broken JSON objects / prose only
+    truncate_rate: float = 0.0  # reply cut mid-object, finish_reason "length"
+    wrong_count_rate: float = 0.0  # more or fewer than k items
+    label_flip_rate: float = 0.0  # per item: label set to another option
+    duplicate_rate: float = 0.0  # per item: repeat of an in-context example or an earlier item
+    api_key: str | None = None  # when set, any other bearer key gets 401
+    seed: int = 0
+
+
+def temperature_tau(temperature: float) -> float:
+    """Softmax temperature over cosine similarities: low -> nearest items, high -> spread."""
+    return 0.01 + 0.05 * max(0.0, temperature)
+
+
+class _Pool:
+    """Examples of one task format with a TF-IDF index (sparse, L2-normalised rows)."""
+
+    def __init__(self, examples: list[Example], vectorizer: Any, matrix: Any):
+        self.examples = examples
+        self.vectorizer = vectorizer
+        self.matrix = matrix.tocsr()
+        self.keys = [dedup_key(ex) for ex in examples]
+        self.dicts = [ex.to_dict() for ex in examples]
+        self.by_key: dict[str, list[int]] = {}
+        for i, key in enumerate(self.keys):
+            self.by_key.setdefault(key, []).append(i)
+
+    @classmethod
+    def fit(cls, examples: list[Example]) -> "_Pool":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vec = TfidfVectorizer(lowercase=True, sublinear_tf=True, dtype=np.float32, min_df=1)
+        matrix = vec.fit_transform([ex.text() for ex in examples])
+        return cls(examples, vec, matrix)
+
+    def similarities(self, texts: list[str]) -> np.ndarray:
+        q = self.vectorizer.transform([" ".join(texts)])
+        return np.asarray((self.matrix @ q.T).toarray()).ravel()
+
+
+class Simulator:
+    """Pure request -> response logic (no sockets); thread-safe."""
+
+    def __init__(self, config: SimConfig):
+        self.config = config
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._pools: dict[str, _Pool] = {}
+        self.pool_format: TaskFormat | None = None
+        if config.pool_path:
+            examples, fmt = load_examples(config.pool_path)  # SeedFileError on a bad file
+            self._pools[fmt.name] = _Pool.fit(examples)
+            self.pool_format = fmt
+        self._requests: deque[float] = deque()  # start times in the rate window
+        self._tokens: deque[tuple[float, int]] = deque()
+        self._attempts: Counter[str] = Counter()
+        self._stats: dict[str, Any] = {
+            "simulated": True, "requests": 0, "by_status": Counter(), "prompt_tokens": 0,
+            "completion_tokens": 0, "rate_limited": 0, "hangs": 0,
+        }
+
+    # -- public -------------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        headers = {k.lower(): v for k, v in headers.items()}
+        path = path.split("?", 1)[0].rstrip("/")
+        request_id = "req_sim_" + uuid.uuid4().hex[:24]
+        try:
+            status, extra, payload = self._route(method.upper(), path, headers, body)
+        except Exception as exc:  # a bug here must still answer in the OpenAI error shape
+            status, extra, payload = 500, {}, _error(f"simulator internal error: {exc!r}", "server_error", None)
+        with self._lock:
+            self._stats["requests"] += 1
+            self._stats["by_status"][status] += 1
+            if status == 429:
+                self._stats["rate_limited"] += 1
+        out_headers = {"content-type": "application/json", "x-request-id": request_id, "openai-model": SIM_MODEL}
+        out_headers.update(extra)
+        return status, out_headers, json.dumps(payload, ensure_ascii=False).encode("utf-8")
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            out = dict(self._stats)
+            out["by_status"] = {str(k): v for k, v in sorted(self._stats["by_status"].items())}
+        out["config"] = asdict(self.config)
+        out["config"].pop("api_key", None)
+        return out
+
+    def close(self) -> None:
+        """Release hanging requests (used when the server stops)."""
+        self._stopping.set()
+
+    # -- routing --------------------------------------------------------------------------
+
+    def _route(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], dict]:
+        if path == "/sim/stats" and method == "GET":
+            return 200, {}, self.stats()
+        if path.startswith("/v1"):
+            if self.config.api_key is not None:
+                auth = headers.get("authorization", "")
+                if auth != f"Bearer {self.config.api_key}":
+                    return 401, {}, _error(
+                        "Incorrect API key provided for the treegen simulator.", "invalid_request_error", "invalid_api_key"
+                    )
+            if path == "/v1/models" and method == "GET":
+                return 200, {}, {
+                    "object": "list",
+                    "data": [{"id": SIM_MODEL, "object": "model", "created": 0, "owned_by": "treegen-sim"}],
+                }
+            if path == "/v1/chat/completions":
+                if method != "POST":
+                    return 405, {}, _error("Use POST for /v1/chat/completions.", "invalid_request_error", None)
+                return self._chat(body)
+        return 404, {}, _error(f"Unknown endpoint {method} {path}.", "invalid_request_error", "unknown_url")
+
+    def _chat(self, body: bytes) -> tuple[int, dict[str, str], dict]:
+        try:
+            req = json.loads(body.decode("utf-8") or "null")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return 400, {}, _error(f"The request body is not valid JSON: {exc}", "invalid_request_error", None)
+        if not isinstance(req, dict):
+            return 400, {}, _error("The request body must be a JSON object.", "invalid_request_error", None)
+        messages = req.get("messages")
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            return 400, {}, _error("'messages' must be a non-empty list of message objects.", "invalid_request_error", None)
+        if req.get("stream"):
+            return 400, {}, _error("The treegen simulator does not stream; send stream=false.", "invalid_request_error", None)
+        model = str(req.get("model") or SIM_MODEL)
+        max_tokens = req.get("max_completion_tokens", req.get("max_tokens"))
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+            return 400, {}, _error("max_tokens must be a positive integer.", "invalid_request_error", None)
+        temperature = req.get("temperature", 1.0)
+        if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+            return 400, {}, _error("temperature must be a number from 0 to 2.", "invalid_request_error", None)
+        messages = [{k: str(v) for k, v in m.items()} for m in messages]
+        prompt_tokens = count_messages(messages, model)
+
+        limited = self._rate_limit(prompt_tokens + (max_tokens or DEFAULT_MAX_TOKENS))
+        if limited is not None:
+            return limited
+
+        key = _request_key(self.config.seed, req.get("seed"), messages)
+        with self._lock:
+            attempt = self._attempts[key]
+            self._attempts[key] += 1
+        fault = random.Random(f"{key}:{attempt}")  # transport faults: fresh per attempt
+        cfg = self.config
+        if fault.random() < cfg.error_rate:
+            code = fault.choice([500, 503])
+            msg = "The server had an error while processing your request." if code == 500 else "The engine is currently overloaded."
+            return code, {}, _error(f"{msg} (simulated)", "server_error", None)
+        if fault.random() < cfg.timeout_rate:
+            with self._lock:
+                self._stats["hangs"] += 1
+            self._stopping.wait(cfg.hang_seconds)
+        delay = cfg.latency_ms + fault.uniform(0, cfg.jitter_ms)
+        if delay > 0:
+            self._stopping.wait(delay / 1000.0)
+
+        content, finish = self.reply_content(messages, float(temperature), key)
+        content, finish, completion_tokens = _cap_tokens(content, finish, max_tokens, model)
+        with self._lock:
+            self._stats["prompt_tokens"] += prompt_tokens
+            self._stats["completion_tokens"] += completion_tokens
+        return 200, {}, {
+            "id": "chatcmpl-sim-" + uuid.uuid4().hex[:24],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "treegen-sim",
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish,
+            }],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0},
+            },
+        }
+
+    def _rate_limit(self, tokens: int) -> tuple[int, dict[str, str], dict] | None:
+        cfg = self.config
+        if cfg.rpm_limit is None and cfg.tpm_limit is None:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            while self._requests and self._requests[0] <= now - WINDOW_S:
+                self._requests.popleft()
+            while self._tokens and self._tokens[0][0] <= now - WINDOW_S:
+                self._tokens.popleft()
+            wait = 0.0
+            what = ""
+            if cfg.rpm_limit is not None and len(self._requests) >= cfg.rpm_limit:
+                # The oldest requests must leave the window before one more fits.
+                wait = self._requests[len(self._requests) - cfg.rpm_limit] + WINDOW_S - now
+                what = f"requests per min (RPM): Limit {cfg.rpm_limit}, Used {len(self._requests)}, Requested 1"
+            elif cfg.tpm_limit is not None:
+                used = sum(t for _, t in self._tokens)
+                if used + tokens > cfg.tpm_limit:
+                    if tokens > cfg.tpm_limit:
+                        wait = WINDOW_S
+                    else:
+                        acc, wait = used, 0.0
+                        for t0, t in self._tokens:
+                            acc -= t
+                            if acc + tokens <= cfg.tpm_limit:
+                                wait = t0 + WINDOW_S - now
+                                break
+                    what = f"tokens per min (TPM): Limit {cfg.tpm_limit}, Used {used}, Requested {tokens}"
+            if not what:
+                self._requests.append(now)
+                self._tokens.append((now, tokens))
+                return None
+        wait = max(wait, 0.001)
+        headers = {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(max(1, math.ceil(wait * 1000)))}
+        return 429, headers, _error(
+            f"Rate limit reached for {SIM_MODEL} (simulated) on {what}. Please try again in {wait:.3f}s.",
+            "requests" if "RPM" in what else "tokens", "rate_limit_exceeded",
+        )
+
+    # -- content --------------------------------------------------------------------------
+
+    def pool_for(self, fmt: TaskFormat) -> _Pool:
+        """The pool of that format: the pool file's, else a synthetic one (built once)."""
+        with self._lock:
+            pool = self._pools.get(fmt.name)
+        if pool is None:
+            pool = _Pool.fit(synthetic_pool(fmt, seed=self.config.seed))
+            with self._lock:
+                pool = self._pools.setdefault(fmt.name, pool)
+        return pool
+
+    def reply_content(self, messages: list[dict[str, str]], temperature: float, key: str) -> tuple[str, str]:
+        """The assistant text and finish_reason for a prompt; deterministic in ``key``."""
+        rng = np.random.default_rng(int(key[:16], 16))
+        r = random.Random(key)
+        cfg = self.config
+        shown, k = read_prompt(messages)
+        context_examples = _valid(shown)
+        fmt = context_examples[0].infer_format() if context_examples else (self.pool_format or TaskFormat.parse("yesno_close"))
+        pool = self.pool_for(fmt)
+
+        if r.random() < cfg.wrong_count_rate:
+            k += r.choice([d for d in (-2, -1, 1, 2, 3) if k + d >= 1])
+        items = self._sample(pool, context_examples, k, temperature, rng)
+        items = [dict(it) for it in items]
+        for i, it in enumerate(items):
+            if r.random() < cfg.label_flip_rate:
+                others = [o for o in it["options"] if o != it["label"]]
+                it["label"] = r.choice(others)
+            if r.random() < cfg.duplicate_rate:
+                sources = [ex.to_dict() for ex in context_examples] + items[:i]
+                if sources:
+                    items[i] = dict(r.choice(sources))
+
+        if r.random() < cfg.malformed_rate:
+            return _malformed(items, r), "stop"
+        text, spans = _render(items, r)
+        if spans and r.random() < cfg.truncate_rate:
+            start, end = spans[r.randrange(len(spans))]
+            cut = r.randint(start + 1, max(start + 1, end - 2))
+            return text[:cut], "length"
+        return text, "stop"
+
+    def _sample(self, pool: _Pool, shown: list[Example], k: int, temperature: float, rng: np.random.Generator) -> list[dict]:
+        n = len(pool.examples)
+        if n == 0 or k <= 0:
+            return []
+        if shown:
+            sims = pool.similarities([ex.text() for ex in shown])
+            # The in-context examples themselves are not "new" examples.
+            for ex in shown:
+                for j in pool.by_key.get(dedup_key(ex), ()):
+                    sims[j] = -np.inf
+        else:
+            sims = np.zeros(n, dtype=np.float32)
+        # Gumbel top-k: the same as drawing k times without replacement with weights
+        # exp(sim / tau), in one vectorised step.
+        scores = sims / temperature_tau(temperature) + rng.gumbel(size=n)
+        k = min(k, int(np.isfinite(scores).sum()))
+        if k <= 0:
+            return []
+        idx = np.argpartition(-scores, k - 1)[:k]
+        idx = idx[np.argsort(-scores[idx])]
+        return [pool.dicts[j] for j in idx]
+
+
+def _valid(objs: list[dict]) -> list[Example]:
+    out = []
+    for obj in objs:
+        try:
+            out.append(example_from_dict(obj))
+        except InvalidExample:
+            continue
+    return out
+
+
+def _request_key(config_seed: int, request_seed: Any, messages: list[dict[str, str]]) -> str:
+    blob = json.dumps([config_seed, request_seed, messages], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _error(message: str, type_: str, code: str | None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+_CHATTER_BEFORE = [
+    "Here are {n} new examples:", "Sure! Here are {n} new examples of the task:",
+    "Here are {n} more examples in the same format.", "Certainly. {n} new examples follow.", "",
+]
+_CHATTER_AFTER = ["", "", "Let me know if you need more examples!", "I hope these help."]
+
+
+def _render(items: list[dict], r: random.Random) -> tuple[str, list[tuple[int, int]]]:
+    """Text of the reply and the (start, end) span of each item in it."""
+    shape = r.choice(["array", "array_pretty", "fenced", "lines", "numbered"])
+    chatter = r.random() < 0.5 and shape != "array"
+    n = len(items)
+    before = r.choice(_CHATTER_BEFORE).format(n=n) if chatter else ""
+    after = r.choice(_CHATTER_AFTER) if chatter else ""
+    parts: list[str] = []
+    spans: list[tuple[int, int]] = []
+    pos = 0
+
+    def emit(s: str, is_item: bool = False) -> None:
+        nonlocal pos
+        if is_item:
+            spans.append((pos, pos + len(s)))
+        parts.append(s)
+        pos += len(s)
+
+    if before:
+        emit(before + "\n\n")
+    if shape in ("array", "array_pretty", "fenced"):
+        pretty = shape != "array"
+        if shape == "fenced":
+            emit("```json\n")
+        emit("[\n" if pretty else "[")
+        for i, it in enumerate(items):
+            if pretty:
+                emit("  ")
+                emit(json.dumps(it, ensure_ascii=False, indent=2).replace("\n", "\n  "), True)
+            else:
+                emit(json.dumps(it, ensure_ascii=False), True)
+            if i < n - 1:
+                emit(",\n" if pretty else ", ")
+        emit("\n]" if pretty else "]")
+        if shape == "fenced":
+            emit("\n```")
+    elif shape == "lines":
+        for i, it in enumerate(items):
+            emit(json.dumps(it, ensure_ascii=False), True)
+            if i < n - 1:
+                emit("\n")
+    else:
+        for i, it in enumerate(items):
+            emit(f"{i + 1}. ")
+            emit(json.dumps(it, ensure_ascii=False), True)
+            if i < n - 1:
+                emit("\n")
+    if after:
+        emit("\n\n" + after)
+    return "".join(parts), spans
+
+
+def _malformed(items: list[dict], r: random.Random) -> str:
+    """Prose only, or objects with broken JSON (some may survive, as with real models)."""
+    if not items or r.random() < 0.3:
+        return r.choice([
+            "I'm sorry, but I can't create more examples like that.",
+            "Here are some new examples: questions about everyday facts with true or false answers.",
+        ])
+    lines = []
+    for it in items:
+        s = json.dumps(it, ensure_ascii=False)
+        how = r.randrange(4)
+        if how == 0:
+            s = s.replace('", "', '" "', 1)  # a missing comma
+        elif how == 1:
+            s = s.replace('"question": "', "'question': '", 1)  # Python-style quotes
+        elif how == 2:
+            s = s.replace('"label": ', '"label" ', 1)  # a missing colon
+        lines.append(s)  # how == 3: left intact
+    return "Here are the examples:\n" + "\n".join(lines)
+
+
+def _cap_tokens(content: str, finish: str, max_tokens: int | None, model: str) -> tuple[str, str, int]:
+    """Cut the content to at most ``max_tokens`` tokens (finish_reason "length")."""
+    enc = get_encoding(encoding_name_for_model(model))
+    tokens = enc.encode(content, disallowed_special=())
+    if max_tokens is None or len(tokens) <= max_tokens:
+        return content, finish, len(tokens)
+    n = max_tokens
+    while n > 0:
+        cut = enc.decode(tokens[:n]).rstrip("\ufffd")  # a cut inside a multi-byte character
+        used = count_text(cut, model)
+        if used <= max_tokens:
+            return cut, "length", used
+        n -= 1
+    return "", "length", 0
+
+
+# -- HTTP ---------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the openai client (httpx) expects
+    server_version = "treegen-sim"
+    simulator: Simulator  # set on the subclass made per server
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        status, headers, payload = self.simulator.handle(self.command, self.path, dict(self.headers.items()), body)
+        try:
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up (e.g. its timeout fired)
+
+    do_GET = _serve
+    do_POST = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by default
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+class SimServer:
+    """The simulator on a loopback HTTP port, served from a daemon thread."""
+
+    def __init__(self, config: SimConfig, host: str = "127.0.0.1", port: int = 0):
+        self.simulator = Simulator(config)
+        handler = type("SimHandler", (_Handler,), {"simulator": self.simulator})
+        self._httpd = _Server((host, port), handler)
+        self.host, self.port = self._httpd.server_address[:2]
+        self.base_url = f"http://{self.host}:{self.port}/v1"
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "SimServer":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._httpd.serve_forever, name="treegen-sim", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.simulator.close()
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._httpd.server_close()
+
+    def stats(self) -> dict:
+        return self.simulator.stats()
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def __enter__(self) -> "SimServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve until interrupted (Ctrl-C)."""
+    server = SimServer(config, host, port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.simulator.close()
+        server._httpd.server_close()

@@ -1,0 +1,75 @@
+"""The strategy interface shared by every exploration strategy."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from treegen.examples import Example
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What a strategy knows of a node: seeds and accepted examples only."""
+
+    id: int
+    depth: int
+    root_id: int
+    example: Example
+    expanded: int = 0
+    novelty: float | None = None
+
+
+@dataclass
+class Job:
+    """One request to make: show ``parents`` and ask for children at ``depth``."""
+
+    parents: list[NodeInfo]
+    depth: int
+    chain: int | None = None
+
+
+@dataclass
+class StrategyParams:
+    seed: int = 0
+    max_depth: int | None = None  # children deeper than this are never asked for
+    branching: int = 1  # tree / novelty: expansion requests per node
+    chains: int = 1  # random / contrastive / similar: chains walked side by side
+    # cosine similarity of one example to several (unit-norm embeddings); set by the engine
+    similarity: Callable[[Example, Sequence[Example]], np.ndarray] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Strategy:
+    name = "base"
+
+    def __init__(self, params: StrategyParams):
+        self.params = params
+        self.rng = random.Random(f"{params.seed}:{self.name}")
+        self.seeds: list[NodeInfo] = []
+
+    def start(self, seeds: Sequence[NodeInfo]) -> None:
+        """A new run: the seed nodes are in the database."""
+        self.seeds = list(seeds)
+
+    def restore(self, seeds: Sequence[NodeInfo], nodes: Sequence[NodeInfo], history: Sequence[dict]) -> None:
+        """A resumed run: seeds, accepted nodes (with their expansion counts) and the
+        finished requests (dicts with call_id, chain, parent_ids, child_ids), oldest first."""
+        self.start(seeds)
+
+    def next_job(self) -> Job | None:
+        """The next request, or None when nothing can be asked until a request finishes."""
+        raise NotImplementedError
+
+    def on_result(self, job: Job, children: Sequence[NodeInfo], call_id: int | None) -> None:
+        """A request finished (``children`` are its accepted examples, maybe none)."""
+
+    def exhausted(self) -> bool:
+        """True when no request will ever be asked again (with none in flight)."""
+        return False
+
+    def depth_allowed(self, depth: int) -> bool:
+        return self.params.max_depth is None or depth <= self.params.max_depth

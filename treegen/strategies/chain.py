@@ -1,0 +1,104 @@
+"""Chain strategies (random, contrastive, similar): each chain shows one example, then moves
+on to one child of that request, picked by the strategy's rule. Chains start at the seeds;
+a chain whose request gave no child tries its example again; a chain at the depth cap
+starts over from its seed.
+
+Several chains walk side by side (``chains``, recorded in the run's config) so that
+requests can run concurrently. The pick is seeded by (run seed, chain, call id), so a run is
+reproducible and a resumed run picks as the original would have.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import numpy as np
+
+from treegen.strategies.base import Job, NodeInfo, Strategy
+
+
+class _Chain(Strategy):
+    def __init__(self, params):
+        super().__init__(params)
+        self.current: list[NodeInfo] = []
+        self.busy: set[int] = set()
+
+    def start(self, seeds):
+        super().start(seeds)
+        n = max(1, self.params.chains)
+        self.current = [self.seeds[i % len(self.seeds)] for i in range(n)]
+        self.busy = set()
+
+    def restore(self, seeds, nodes, history):
+        self.start(seeds)
+        by_id = {n.id: n for n in list(seeds) + list(nodes)}
+        for h in history:
+            chain = h.get("chain")
+            if chain is None or chain >= len(self.current):
+                continue
+            parent = by_id.get(h["parent_ids"][0]) if h["parent_ids"] else None
+            children = [by_id[c] for c in h["child_ids"] if c in by_id]
+            if parent is not None:
+                self._advance(chain, parent, children, h["call_id"])
+
+    def next_job(self) -> Job | None:
+        for chain, node in enumerate(self.current):
+            if chain in self.busy:
+                continue
+            if not self.depth_allowed(node.depth + 1):
+                node = self.current[chain] = self.seeds[chain % len(self.seeds)]
+                if not self.depth_allowed(node.depth + 1):
+                    return None
+            self.busy.add(chain)
+            return Job([node], depth=node.depth + 1, chain=chain)
+        return None
+
+    def on_result(self, job, children, call_id):
+        self.busy.discard(job.chain)
+        self._advance(job.chain, job.parents[0], list(children), call_id)
+
+    def _advance(self, chain: int, parent: NodeInfo, children: list[NodeInfo], call_id: int | None) -> None:
+        if not children:
+            self.current[chain] = parent
+            return
+        rng = random.Random(f"{self.params.seed}:{chain}:{call_id}")
+        self.current[chain] = self.pick(parent, children, rng)
+
+    def pick(self, parent: NodeInfo, children: Sequence[NodeInfo], rng: random.Random) -> NodeInfo:
+        raise NotImplementedError
+
+    def exhausted(self) -> bool:
+        return not self.depth_allowed(1)
+
+    def _similarities(self, parent: NodeInfo, children: Sequence[NodeInfo]) -> np.ndarray:
+        if self.params.similarity is None:
+            raise RuntimeError(f"the {self.name} strategy needs an embedder")
+        return self.params.similarity(parent.example, [c.example for c in children])
+
+
+class RandomChain(_Chain):
+    """Random: a random child of the last request."""
+
+    name = "random"
+
+    def pick(self, parent, children, rng):
+        return children[rng.randrange(len(children))]
+
+
+class ContrastiveChain(_Chain):
+    """Contrastive: the child least similar to its parent."""
+
+    name = "contrastive"
+
+    def pick(self, parent, children, rng):
+        return children[int(np.argmin(self._similarities(parent, children)))]
+
+
+class SimilarChain(_Chain):
+    """Similar: the child most similar to its parent."""
+
+    name = "similar"
+
+    def pick(self, parent, children, rng):
+        return children[int(np.argmax(self._similarities(parent, children)))]

@@ -1,0 +1,53 @@
+"""Novelty (ours): best-first search that expands the most novel examples first.
+
+A node's novelty is 1 - its highest cosine similarity to every node accepted before it,
+computed by the engine when the node is accepted. The frontier is a priority queue on
+novelty, so money goes below the examples that opened new ground rather than below
+paraphrases; ties are broken at random with the run's seed. Seeds come first.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from treegen.strategies.base import Job, NodeInfo, Strategy
+
+
+class Novelty(Strategy):
+    name = "novelty"
+
+    def __init__(self, params):
+        super().__init__(params)
+        self.heap: list[tuple[float, float, int, NodeInfo]] = []
+
+    def _push(self, node: NodeInfo, times: int) -> None:
+        if times <= 0 or not self.depth_allowed(node.depth + 1):
+            return
+        novelty = 2.0 if node.depth == 0 else (node.novelty if node.novelty is not None else 0.0)
+        for _ in range(times):
+            heapq.heappush(self.heap, (-novelty, self.rng.random(), node.id, node))
+
+    def start(self, seeds):
+        super().start(seeds)
+        self.heap = []
+        for s in seeds:
+            self._push(s, self.params.branching)
+
+    def restore(self, seeds, nodes, history):
+        super().start(seeds)
+        self.heap = []
+        for n in list(seeds) + sorted(nodes, key=lambda n: n.id):
+            self._push(n, self.params.branching - n.expanded)
+
+    def next_job(self) -> Job | None:
+        if not self.heap:
+            return None
+        node = heapq.heappop(self.heap)[3]
+        return Job([node], depth=node.depth + 1)
+
+    def on_result(self, job, children, call_id):
+        for child in children:
+            self._push(child, self.params.branching)
+
+    def exhausted(self) -> bool:
+        return not self.heap
