@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def build_run(
             "strategy": "tree", "model": model, "base_url": None, "seed": 0,
             "config": json.dumps({
                 "caps": caps, "k": 3, "temperature": 1.0,
-                "prices": {"model": model, "input": price.input, "cached_input": price.cached_input, "output": price.output},
+                "price": asdict(price),  # as the engine's RunConfig stores it
             }),
         }
     )
@@ -116,7 +117,7 @@ def build_run(
         return node_id
 
     for s in seeds:
-        add_node(example=s)
+        add_node(example=s, strategy="tree")  # the engine gives seeds the run's strategy
 
     def add_call(cid: int, status: str, depth: int, parents: list[int], strategy: str = "tree",
                  prompt: int | None = None, completion: int | None = None, cached: int | None = None,

@@ -10,12 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from treegen.errors import UnknownModelPriceError
 from treegen.export import export_run, meta_path
 from treegen.lineage import export_graphml
 from treegen.prices import find_prices_file, format_usd, load_price_table, price_for
 from treegen.profiles import list_budget_profiles, load_budget_profile, profile_description
 from treegen.reports import render_status, run_summary
-from treegen.errors import UnknownModelPriceError
 from treegen.store import open_run
 
 console = Console()

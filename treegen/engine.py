@@ -412,11 +412,17 @@ class Engine:
                     return
                 if failure.kind == "rate-limit":
                     self.limiter.pause(failure.retry_after or backoff_seconds(attempt, rng))
-                if attempt > self.cfg.max_retries or self.stop_reason is not None:
+                if attempt > self.cfg.max_retries or self.stop_reason is not None or self.ledger.stop_reason():
                     self._finish_job(job, [], call_id)
                     return
-                await asyncio.sleep(backoff_seconds(attempt, rng, retry_after=failure.retry_after))
-                continue
+                # Wait before retrying, but not past the end of the run: nothing is in flight.
+                try:
+                    await asyncio.wait_for(self._stopped.wait(),
+                                           backoff_seconds(attempt, rng, retry_after=failure.retry_after))
+                except asyncio.TimeoutError:
+                    continue
+                self._finish_job(job, [], call_id)
+                return
             except asyncio.CancelledError:
                 raise
             duration = int((time.monotonic() - started) * 1000)
@@ -518,8 +524,13 @@ class Engine:
                                   "rejected", "no-examples-in-reply", raw=reply.text[:20000], cost_share=cost))
         n_accepted = len(accepted_examples)
         ids: list[int] = []
+        newly_simulated = reply.simulated and not self.simulated
         with self.db.conn:  # the reply, its usage and its nodes land together, or not at all
+            if newly_simulated:
+                # A simulator served over --base-url: its output is simulated all the same.
+                self.db.execute("update runs set simulated = 1")
             self.db["calls"].update(call_id, {
+                "simulated": int(reply.simulated or self.simulated),
                 "status": "ok", "finish_reason": reply.finish_reason, "request_id": reply.request_id,
                 "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "cached_tokens": reply.cached_tokens, "cost_micro": cost, "duration_ms": duration,
@@ -530,6 +541,7 @@ class Engine:
                 if row["status"] == "accepted":
                     ids.append(nid)
         # Persisted: now count it.
+        self.simulated = self.simulated or reply.simulated
         self.ledger.settle(reservation, cost, prompt_tokens + completion_tokens, accepted=n_accepted)
         self.rejected += len(rows) - n_accepted
         for ex in accepted_examples:
@@ -556,6 +568,7 @@ class Engine:
     def _stop(self, status: str, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_status, self.stop_reason = status, reason
+        self._stopped.set()
 
     # ---- the loop ---------------------------------------------------------------------
     async def run(self) -> RunResult:
@@ -568,6 +581,7 @@ class Engine:
             base_url = sim_server.base_url
         self._client = ChatClient(base_url, self.api_key if self.cfg.backend != "sim" else "sim", self.cfg.model,
                                   timeout=self.cfg.timeout)
+        self._stopped = asyncio.Event()
         self._mark_lost_calls()
         self.db.execute("update runs set status = ?, stop_reason = null, updated_at = ?", [STATUS_RUNNING, utcnow()])
         self.db.conn.commit()

@@ -133,11 +133,13 @@ def _as_label(value: Any) -> str:
     raise InvalidExample("bad-label", f"label must be a string or a boolean, not {type(value).__name__}")
 
 
-def example_from_dict(obj: Any, fmt: TaskFormat | None = None) -> Example:
+def example_from_dict(obj: Any, fmt: TaskFormat | None = None, strict: bool = True) -> Example:
     """Validate one object and build an Example, or raise InvalidExample with the reason.
 
     With ``fmt`` the example must also be of that format (option count, True/False options,
-    context present or absent).
+    context present or absent). ``strict`` also refuses repeated options: generated
+    candidates must not have them, but a few human benchmark rows do (CommonsenseQA), so
+    data files are read with ``strict=False``.
     """
     if not isinstance(obj, dict):
         raise InvalidExample("not-an-object", f"expected a JSON object, got {type(obj).__name__}")
@@ -160,7 +162,7 @@ def example_from_dict(obj: Any, fmt: TaskFormat | None = None) -> Example:
         raise InvalidExample("bad-options", "options must hold at least two options")
     if any(not o for o in options):
         raise InvalidExample("empty-option", "options must not be empty strings")
-    if len({normalise_text(o) for o in options}) != len(options):
+    if strict and len({normalise_text(o) for o in options}) != len(options):
         raise InvalidExample("repeated-option", "options must differ from each other")
     label = _as_label(obj["label"])
     if label not in options:
@@ -254,7 +256,7 @@ def load_examples(
     first_line = None
     for lineno, obj in iter_jsonl(path, max_bytes=max_bytes, what=what):
         try:
-            ex = example_from_dict(obj)
+            ex = example_from_dict(obj, strict=False)
         except InvalidExample as exc:
             raise SeedFileError(str(path), exc.detail, _fix_for(exc.reason), lineno) from None
         ex_fmt = ex.infer_format()

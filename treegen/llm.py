@@ -20,6 +20,7 @@ import openai
 from treegen.errors import BackendError
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+SIM_FINGERPRINT = "treegen-sim"
 
 
 @dataclass
@@ -31,6 +32,12 @@ class ChatReply:
     cached_tokens: int
     request_id: str | None
     model: str | None
+    system_fingerprint: str | None = None
+
+    @property
+    def simulated(self) -> bool:
+        """The treegen simulator signs its replies, wherever it is served from."""
+        return self.system_fingerprint == SIM_FINGERPRINT
 
 
 @dataclass
@@ -143,6 +150,7 @@ class ChatClient:
             cached_tokens=cached,
             request_id=request_id,
             model=completion.model,
+            system_fingerprint=getattr(completion, "system_fingerprint", None),
         )
 
 

@@ -93,6 +93,21 @@ def rejected_completion_share(db: sqlite_utils.Database) -> float | None:
     return _ratio(wasted, total)
 
 
+def _elapsed_seconds(db: sqlite_utils.Database, run: dict[str, Any]) -> float | None:
+    """Working time of the run: the engine's own tally (runs.elapsed_seconds, which leaves out
+    the pauses between sessions) once a session has ended; otherwise, or in databases without
+    that column, the span from creation to the latest thing the run recorded."""
+    recorded = run.get("elapsed_seconds")
+    if recorded and run["status"] != "running":
+        return float(recorded)
+    start = _parse_time(run["created_at"])
+    stamps = [run["updated_at"]] + [
+        db.execute(f"select max(created_at) from {t}").fetchone()[0] for t in ("calls", "nodes")
+    ]
+    ends = [t for t in (_parse_time(s) for s in stamps) if t is not None]
+    return max(0.0, (max(ends) - start).total_seconds()) if start and ends else None
+
+
 def run_summary(db: sqlite_utils.Database) -> dict[str, Any]:
     """Everything about a run in one dict: counts, money, tokens, rates and cap usage."""
     run = run_row(db)
@@ -121,13 +136,7 @@ def run_summary(db: sqlite_utils.Database) -> dict[str, Any]:
     cached = sum(c["cached_tokens"] or 0 for c in calls)
     max_depth = db.execute("select max(depth) from nodes where status in ('seed', 'accepted')").fetchone()[0] or 0
 
-    # Elapsed: from the run's creation to the latest thing it recorded.
-    start = _parse_time(run["created_at"])
-    stamps = [run["updated_at"]] + [
-        db.execute(f"select max(created_at) from {t}").fetchone()[0] for t in ("calls", "nodes")
-    ]
-    ends = [t for t in (_parse_time(s) for s in stamps) if t is not None]
-    elapsed = max(0.0, (max(ends) - start).total_seconds()) if start and ends else None
+    elapsed = _elapsed_seconds(db, run)
     per_minute = _ratio(len(calls), elapsed / 60) if elapsed else None
 
     caps = dict(config.get("caps") or {})
@@ -139,8 +148,17 @@ def run_summary(db: sqlite_utils.Database) -> dict[str, Any]:
         "max_depth": max_depth,
         "max_seconds": elapsed,
     }
+    # In-flight reservations are held against the dollar and token caps too (the engine checks
+    # spent + held before each request); shown apart from what is spent.
+    held = {"max_usd_micro": pending_micro,
+            "max_tokens": sum(c["reserved_tokens"] or 0 for c in calls if c["status"] == "pending")}
     cap_usage = {
-        key: {"cap": caps.get(key), "used": value, "fraction": _ratio(value, caps[key]) if caps.get(key) else None}
+        key: {
+            "cap": caps.get(key),
+            "used": value,
+            "held": held.get(key, 0),
+            "fraction": _ratio(value, caps[key]) if caps.get(key) else None,
+        }
         for key, value in used.items()
     }
     return {
@@ -174,7 +192,7 @@ def run_summary(db: sqlite_utils.Database) -> dict[str, Any]:
         "elapsed_seconds": elapsed,
         "calls_per_minute": per_minute,
         "caps": cap_usage,
-        "prices": config.get("prices"),
+        "prices": config.get("price") or config.get("prices"),  # the engine stores "price"
     }
 
 
@@ -191,8 +209,8 @@ def _breakdown(db: sqlite_utils.Database, key: str) -> list[dict[str, Any]]:
         f"select {key} as k, status, count(*) as n, coalesce(sum(cost_share_micro), 0) as cost "
         f"from nodes group by {key}, status"
     ):
-        if r["status"] == "seed" and key == "strategy" and r["k"] is None:
-            r["k"] = "seed"  # seeds were made by no strategy
+        if r["status"] == "seed" and key == "strategy":
+            r["k"] = "seed"  # seeds carry the run's strategy, but no strategy made them
         out = row(r["k"])
         out["nodes"] += r["n"]
         out["cost_micro"] += r["cost"]
@@ -286,11 +304,12 @@ def render_status(db: sqlite_utils.Database, console: Console) -> dict[str, Any]
 
     caption = f"simulated dollars, at {s['model']} list prices" if s["simulated"] else None
     caps = Table(title="Caps", title_justify="left", caption=caption)
-    for col in ("cap", "limit", "used", "share"):
+    for col in ("cap", "limit", "used", "share", "in flight"):
         caps.add_column(col, justify="left" if col == "cap" else "right")
     for key, u in s["caps"].items():
         if u["cap"] is not None:
-            caps.add_row(key, _cap_text(key, u["cap"], s), _cap_text(key, u["used"], s), _pct(u["fraction"]))
+            caps.add_row(key, _cap_text(key, u["cap"], s), _cap_text(key, u["used"], s), _pct(u["fraction"]),
+                         _cap_text(key, u["held"], s) if u["held"] else "")
 
     parts: list[Any] = [overview, caps]
     if s["rejected_by_reason"]:

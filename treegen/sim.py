@@ -16,6 +16,7 @@ succeed; only rate limiting depends on the clock.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from treegen.errors import ConfigError
 from treegen.examples import Example, InvalidExample, TaskFormat, dedup_key, example_from_dict, load_examples
 from treegen.prompts import read_prompt
 from treegen.synthetic import synthetic_pool
@@ -57,6 +59,26 @@ class SimConfig:
     duplicate_rate: float = 0.0  # per item: repeat of an in-context example or an earlier item
     api_key: str | None = None  # when set, any other bearer key gets 401
     seed: int = 0
+
+    def validate(self) -> None:
+        """ConfigError naming the first setting out of range."""
+        for name in ("error_rate", "timeout_rate", "malformed_rate", "truncate_rate", "wrong_count_rate",
+                     "label_flip_rate", "duplicate_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{_flag(name)} is {value}, but rates are probabilities: give a number from 0 to 1.")
+        for name in ("latency_ms", "jitter_ms", "hang_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_flag(name)} is {getattr(self, name)}; give a number of zero or more.")
+        for name in ("rpm_limit", "tpm_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{_flag(name)} is {value}; give a positive limit, or leave it out for no limit.")
+
+
+def _flag(field: str) -> str:
+    """The `treegen sim serve` flag of a SimConfig field, for error messages."""
+    return "--" + field.removesuffix("_limit").replace("_", "-")
 
 
 def temperature_tau(temperature: float) -> float:
@@ -94,6 +116,7 @@ class Simulator:
     """Pure request -> response logic (no sockets); thread-safe."""
 
     def __init__(self, config: SimConfig):
+        config.validate()
         self.config = config
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -282,7 +305,7 @@ class Simulator:
         with self._lock:
             pool = self._pools.get(fmt.name)
         if pool is None:
-            pool = _Pool.fit(synthetic_pool(fmt, seed=self.config.seed))
+            pool = _synthetic_index(fmt, self.config.seed)
             with self._lock:
                 pool = self._pools.setdefault(fmt.name, pool)
         return pool
@@ -340,6 +363,12 @@ class Simulator:
         idx = np.argpartition(-scores, k - 1)[:k]
         idx = idx[np.argsort(-scores[idx])]
         return [pool.dicts[j] for j in idx]
+
+
+@functools.lru_cache(maxsize=16)
+def _synthetic_index(fmt: TaskFormat, seed: int) -> _Pool:
+    """Synthetic pools are the same for the same format and seed: index each once per process."""
+    return _Pool.fit(synthetic_pool(fmt, seed=seed))
 
 
 def _valid(objs: list[dict]) -> list[Example]:
@@ -457,6 +486,38 @@ def _cap_tokens(content: str, finish: str, max_tokens: int | None, model: str) -
     return "", "length", 0
 
 
+def benchmark(pool_path: str | None = None, n_requests: int = 300, k: int = 5) -> dict[str, float]:
+    """Pool load time and CPU per reply (no HTTP), prompts built from the pool's own items.
+
+    ``python -c "from treegen.sim import benchmark; print(benchmark('POOL.jsonl'))"``
+    """
+    from treegen.prompts import build_messages
+
+    t0 = time.perf_counter()
+    import sklearn.feature_extraction.text  # noqa: F401 - a one-off import, timed apart
+
+    t1 = time.perf_counter()
+    sim = Simulator(SimConfig(pool_path=pool_path))
+    t2 = time.perf_counter()
+    fmt = sim.pool_format or TaskFormat.parse("yesno_close")
+    pool = sim.pool_for(fmt)
+    t3 = time.perf_counter()
+    rng = random.Random(0)
+    bodies = [
+        json.dumps({"model": "gpt-4o-mini", "messages": build_messages([ex], fmt, k), "temperature": 1.0}).encode()
+        for ex in rng.sample(pool.examples, min(n_requests, len(pool.examples)))
+    ]
+    sim.handle("POST", "/v1/chat/completions", {}, bodies[0])  # warm the tokenizer
+    c0 = time.thread_time()
+    for body in bodies:
+        sim.handle("POST", "/v1/chat/completions", {}, body)
+    cpu = (time.thread_time() - c0) / len(bodies)
+    return {
+        "pool_size": len(pool.examples), "sklearn_import_s": round(t1 - t0, 3),
+        "pool_load_s": round(t2 - t1 + t3 - t2, 3), "cpu_ms_per_reply": round(cpu * 1000, 3),
+    }
+
+
 # -- HTTP ---------------------------------------------------------------------------------
 
 
@@ -498,7 +559,13 @@ class SimServer:
     def __init__(self, config: SimConfig, host: str = "127.0.0.1", port: int = 0):
         self.simulator = Simulator(config)
         handler = type("SimHandler", (_Handler,), {"simulator": self.simulator})
-        self._httpd = _Server((host, port), handler)
+        try:
+            self._httpd = _Server((host, port), handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"The simulator cannot listen on {host}:{port} ({exc.strerror or exc}). "
+                "Pick another port with --port, or stop what is using this one."
+            ) from None
         self.host, self.port = self._httpd.server_address[:2]
         self.base_url = f"http://{self.host}:{self.port}/v1"
         self._thread: threading.Thread | None = None

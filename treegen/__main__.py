@@ -1,0 +1,3 @@
+from treegen.cli import main
+
+main()

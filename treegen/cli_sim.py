@@ -1,0 +1,64 @@
+"""`treegen sim serve`: the offline OpenAI-compatible simulator on a local port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from treegen.sim import SimConfig, SimServer
+
+console = Console()
+
+sim_app = typer.Typer(help="The offline LLM simulator (everything it serves is simulated).", no_args_is_help=True)
+
+
+@sim_app.command("serve")
+def serve_cmd(
+    pool: Optional[Path] = typer.Option(None, "--pool", help="JSONL pool in the unified format to draw replies from; default: a synthetic pool."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on (0: any free port)."),
+    latency_ms: float = typer.Option(0.0, "--latency-ms", help="Added latency per request, in ms."),
+    jitter_ms: float = typer.Option(0.0, "--jitter-ms", help="Uniform random extra latency, up to this many ms."),
+    rpm: Optional[int] = typer.Option(None, "--rpm", help="Requests per minute; over it: 429 with Retry-After."),
+    tpm: Optional[int] = typer.Option(None, "--tpm", help="Tokens per minute (prompt + max_tokens); over it: 429."),
+    error_rate: float = typer.Option(0.0, "--error-rate", help="Share of requests answered 500/503."),
+    timeout_rate: float = typer.Option(0.0, "--timeout-rate", help="Share of requests that hang before answering."),
+    hang_seconds: float = typer.Option(30.0, "--hang-seconds", help="How long a hanging request hangs."),
+    malformed_rate: float = typer.Option(0.0, "--malformed-rate", help="Share of replies with broken JSON or prose only."),
+    truncate_rate: float = typer.Option(0.0, "--truncate-rate", help="Share of replies cut mid-object (finish_reason length)."),
+    wrong_count_rate: float = typer.Option(0.0, "--wrong-count-rate", help="Share of replies with more or fewer than k items."),
+    label_flip_rate: float = typer.Option(0.0, "--label-flip-rate", help="Per item: chance its label is set to a wrong option."),
+    duplicate_rate: float = typer.Option(0.0, "--duplicate-rate", help="Per item: chance it repeats an in-context or earlier item."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="Require this bearer key (others get 401)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random choice."),
+) -> None:
+    """Serve simulated chat completions at http://HOST:PORT/v1 until Ctrl-C."""
+    config = SimConfig(
+        pool_path=str(pool) if pool else None, latency_ms=latency_ms, jitter_ms=jitter_ms, rpm_limit=rpm,
+        tpm_limit=tpm, error_rate=error_rate, timeout_rate=timeout_rate, hang_seconds=hang_seconds,
+        malformed_rate=malformed_rate, truncate_rate=truncate_rate, wrong_count_rate=wrong_count_rate,
+        label_flip_rate=label_flip_rate, duplicate_rate=duplicate_rate, api_key=api_key, seed=seed,
+    )
+    server = SimServer(config, host, port)  # loads the pool: SeedFileError / ConfigError exit 2
+    source = f"pool {pool} ({server.simulator.pool_format})" if pool else "synthetic pools"
+    console.print(f"treegen simulator listening at [bold]{server.base_url}[/] ({source})", highlight=False)
+    console.print(
+        "[bold red]SIMULATED:[/] every reply is drawn from the pool, not written by a model. "
+        "Runs against it are recorded as simulated. Stop with Ctrl-C.",
+        highlight=False,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        console.print(f"Stopped. Served {server.stats()['requests']:,} requests.", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `sim` sub-group to the treegen CLI."""
+    app.add_typer(sim_app, name="sim")
