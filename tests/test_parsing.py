@@ -143,7 +143,7 @@ def _render(objects: list[dict], shape: str, chatter: str, indent: int | None) -
     return f"{chatter}\n{body}\n{chatter}"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     objects=st.lists(_obj, max_size=6),
     shape=st.sampled_from(
@@ -158,7 +158,7 @@ def test_any_shape_round_trips(objects: list[dict], shape: str, chatter: str, in
     assert objs(cands) == objects
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(objects=st.lists(_obj, min_size=1, max_size=5), data=st.data())
 def test_any_cut_keeps_every_complete_object(objects: list[dict], data: st.DataObject) -> None:
     text = "\n".join(json.dumps(o) for o in objects)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -320,36 +317,25 @@ def test_cli_bad_pool_exits_2(tmp_path) -> None:
     assert result.exit_code == 2 and "--truncate-rate" in result.output
 
 
-def test_cli_serve_runs_until_ctrl_c(tmp_path, seeds) -> None:
-    import socket
+def test_cli_serve_answers_until_ctrl_c(seeds, monkeypatch) -> None:
+    import treegen.cli_sim as cli_sim
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # A bare app rather than treegen.cli's, whose imports would double this test's time.
-    code = (
-        "import typer\n"
-        "from treegen.cli_sim import register\n"
-        "app = typer.Typer()\n"
-        "register(app)\n"
-        f"app(['sim', 'serve', '--port', '{port}', '--rpm', '100', '--seed', '3'])\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(url + "/models", timeout=1)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "no answer"
-                time.sleep(0.1)
-        c = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
-        resp = c.chat.completions.create(model=MODEL, messages=build_messages(seeds[:1], YESNO_CLOSE, 3))
-        assert len(parse_reply(resp.choices[0].message.content)) == 3
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0, err
-    assert url in out and "SIMULATED" in out and "Served" in out
+    seen = {}
+
+    class OneRequestServer(SimServer):
+        # In place of blocking forever: serve one real request, then the user presses Ctrl-C.
+        def serve_forever(self) -> None:
+            self.start()
+            seen["config"] = self.simulator.config
+            resp = client(self).chat.completions.create(model=MODEL, messages=build_messages(seeds[:1], YESNO_CLOSE, 3))
+            seen["n"] = len(parse_reply(resp.choices[0].message.content))
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_sim, "SimServer", OneRequestServer)
+    args = ["sim", "serve", "--port", "0", "--rpm", "100", "--seed", "3", "--label-flip-rate", "0.25", "--api-key", "x"]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    assert seen["n"] == 3
+    cfg = seen["config"]
+    assert (cfg.rpm_limit, cfg.seed, cfg.label_flip_rate, cfg.api_key, cfg.pool_path) == (100, 3, 0.25, "x", None)
+    assert "http://127.0.0.1:" in result.output and "SIMULATED" in result.output and "Served 1 requests" in result.output

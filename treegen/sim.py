@@ -92,7 +92,10 @@ class _Pool:
     def __init__(self, examples: list[Example], vectorizer: Any, matrix: Any):
         self.examples = examples
         self.vectorizer = vectorizer
-        self.matrix = matrix.tocsr()
+        self.columns = matrix.tocsc()  # column slices for the few terms of a query
+        self.analyzer = vectorizer.build_analyzer()
+        self.vocabulary = vectorizer.vocabulary_
+        self.idf = vectorizer.idf_.astype(np.float32)
         self.keys = [dedup_key(ex) for ex in examples]
         self.dicts = [ex.to_dict() for ex in examples]
         self.by_key: dict[str, list[int]] = {}
@@ -108,8 +111,25 @@ class _Pool:
         return cls(examples, vec, matrix)
 
     def similarities(self, texts: list[str]) -> np.ndarray:
-        q = self.vectorizer.transform([" ".join(texts)])
-        return np.asarray((self.matrix @ q.T).toarray()).ravel()
+        """Cosine similarity of every pool item to the joined texts (one dense vector)."""
+        cols, weights = self.query(" ".join(texts))
+        if len(cols) == 0:
+            return np.zeros(len(self.examples), dtype=np.float32)
+        return np.asarray(self.columns[:, cols] @ weights).ravel()
+
+    def query(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The fitted vectorizer's TF-IDF vector of ``text`` as (columns, weights).
+
+        The same numbers as ``vectorizer.transform``, without its per-call validation,
+        which costs more than the whole similarity product for one short query.
+        """
+        counts = Counter(t for t in self.analyzer(text) if t in self.vocabulary)
+        if not counts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        cols = np.fromiter((self.vocabulary[t] for t in counts), dtype=np.int64, count=len(counts))
+        tf = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+        w = (1.0 + np.log(tf)) * self.idf[cols]  # sublinear_tf=True
+        return cols, (w / np.linalg.norm(w)).astype(np.float32)
 
 
 class Simulator:
