@@ -134,10 +134,10 @@ def test_cli_export_and_lineage(db, tmp_path):
     runner = CliRunner()
     run_dir = db.execute("pragma database_list").fetchone()[2].rsplit("/", 1)[0]
     out = tmp_path / "cli.jsonl"
-    r = runner.invoke(app, ["export", run_dir, str(out), "--lineage"])
+    r = runner.invoke(app, ["export", run_dir, "-o", str(out), "--lineage"])
     assert r.exit_code == 0, r.output
     assert "Wrote 5 examples" in r.output and "SIMULATED" in r.output
-    r = runner.invoke(app, ["export", run_dir, str(out)])
+    r = runner.invoke(app, ["export", run_dir, "-o", str(out)])
     assert r.exit_code == 2 and "--force" in r.output
     r = runner.invoke(app, ["lineage", run_dir, str(tmp_path / "t.graphml"), "--accepted-only"])
     assert r.exit_code == 0 and "8 nodes" in r.output

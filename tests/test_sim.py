@@ -338,4 +338,4 @@ def test_cli_serve_answers_until_ctrl_c(seeds, monkeypatch) -> None:
     assert seen["n"] == 3
     cfg = seen["config"]
     assert (cfg.rpm_limit, cfg.seed, cfg.label_flip_rate, cfg.api_key, cfg.pool_path) == (100, 3, 0.25, "x", None)
-    assert "http://127.0.0.1:" in result.output and "SIMULATED" in result.output and "Served 1 requests" in result.output
+    assert "http://127.0.0.1:" in result.output and "SIMULATED" in result.output and "Served 1 request." in result.output

@@ -35,7 +35,7 @@ def status(
 
 def export(
     run: Path = typer.Argument(..., help="Run folder (runs/<run-id>) or its treegen.db."),
-    out: Path = typer.Argument(..., help="JSONL file to write."),
+    out: Path = typer.Option(..., "--output", "-o", help="JSONL file to write."),
     lineage: bool = typer.Option(False, "--lineage", help="Add a _treegen object (node, parent, depth, cost...) to each row."),
     include_seeds: bool = typer.Option(False, "--include-seeds", help="Export the seeds too."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),

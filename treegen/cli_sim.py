@@ -56,7 +56,8 @@ def serve_cmd(
         pass
     finally:
         server.stop()
-        console.print(f"Stopped. Served {server.stats()['requests']:,} requests.", highlight=False)
+        n = server.stats()["requests"]
+        console.print(f"Stopped. Served {n:,} request{'' if n == 1 else 's'}.", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -224,10 +224,11 @@ class Simulator:
         max_tokens = req.get("max_completion_tokens", req.get("max_tokens"))
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             return 400, {}, _error("max_tokens must be a positive integer.", "invalid_request_error", None)
-        temperature = req.get("temperature", 1.0)
+        temperature = req.get("temperature")
+        temperature = 1.0 if temperature is None else temperature  # OpenAI's default
         if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
             return 400, {}, _error("temperature must be a number from 0 to 2.", "invalid_request_error", None)
-        messages = [{k: str(v) for k, v in m.items()} for m in messages]
+        messages = [{k: _text_of(v) for k, v in m.items()} for m in messages]
         prompt_tokens = count_messages(messages, model)
 
         limited = self._rate_limit(prompt_tokens + (max_tokens or DEFAULT_MAX_TOKENS))
@@ -399,6 +400,13 @@ def _valid(objs: list[dict]) -> list[Example]:
         except InvalidExample:
             continue
     return out
+
+
+def _text_of(value: Any) -> str:
+    """Message content as text; content given as a list of parts keeps its text parts."""
+    if isinstance(value, list):
+        return "".join(p.get("text", "") for p in value if isinstance(p, dict))
+    return "" if value is None else str(value)
 
 
 def _request_key(config_seed: int, request_seed: Any, messages: list[dict[str, str]]) -> str:
