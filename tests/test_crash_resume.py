@@ -88,3 +88,27 @@ def test_sigkill_then_resume(tmp_path, yesno_seeds, strategyqa_pool):
                      from calls where status in ('ok','error','timeout','lost')""")[0][0]
     assert summary["spent_micro"] == spent
     assert summary["accepted"] == 150
+
+
+def test_ctrl_c_finishes_the_requests_in_flight(tmp_path, yesno_seeds, strategyqa_pool):
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "treegen", "run", str(yesno_seeds), "--backend", "sim", "--sim-pool",
+           str(strategyqa_pool), "--sim-latency-ms", "300", "-c", "4", "--target", "1000", "--max-usd", "1",
+           "--out", str(out), "--name", "int", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    db = out / "int" / "treegen.db"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if db.exists() and q(db, "select count(*) from calls where status = 'ok'")[0][0] >= 3:
+                break
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert b"treegen resume" in stdout
+    assert q(db, "select status from runs")[0][0] == "interrupted"
+    # The requests in flight at Ctrl-C were waited for and recorded, not abandoned.
+    assert q(db, "select count(*) from calls where status in ('pending', 'lost')")[0][0] == 0

@@ -113,5 +113,35 @@ def m040_metrics(db: sqlite_utils.Database) -> None:
     db["metrics"].create_index(["name", "created_at"])
 
 
+@migrations()
+def m030_student_results(db: sqlite_utils.Database) -> None:
+    # One row per (trained student, evaluated dataset): `treegen eval` and `treegen compare`.
+    db["student_results"].create(
+        {
+            "id": int,
+            "created_at": str,
+            "source": str,  # run | data | human: what the student was trained on
+            "source_ref": str,  # run id, data file path, or the human task name
+            "student": str,  # lexical | minilm-frozen | minilm-ft
+            "student_path": str,  # the saved student folder
+            "task": str,  # the task the student was trained for (its ID task)
+            "dataset": str,  # the task evaluated here (the ID task itself, or an OOD one)
+            "role": str,  # id | ood
+            "split": str,  # test | dev
+            "accuracy": float,
+            "n": int,  # examples evaluated
+            "majority": float,  # majority-class accuracy on the same split (the PGR floor)
+            "n_train": int,
+            "seed": int,
+            "seconds": float,  # evaluation time
+            "train_seconds": float,
+            "simulated": int,  # 1 when trained on simulated data
+            "note": str,
+        },
+        pk="id",
+    )
+    db["student_results"].create_index(["student", "task", "dataset"])
+
+
 def apply(db: sqlite_utils.Database) -> None:
     migrations.apply(db)

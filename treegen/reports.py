@@ -243,11 +243,11 @@ def by_strategy(db: sqlite_utils.Database) -> list[dict[str, Any]]:
 def money(micro: int | None, summary: dict[str, Any], short: bool = False) -> str:
     """Dollars for display; a simulated run's dollars say so, and at whose prices.
 
-    ``short`` drops the "(at <model> list prices)" part, for table cells under a caption that says it.
+    ``short`` is for table cells under a caption that says the dollars are simulated.
     """
     text = format_usd(micro)
-    if summary["simulated"] and micro is not None:
-        return f"simulated {text}" if short else f"simulated {text} (at {summary['model']} list prices)"
+    if summary["simulated"] and micro is not None and not short:
+        return f"simulated {text} (at {summary['model']} list prices)"
     return text
 
 
@@ -331,7 +331,10 @@ def render_status(db: sqlite_utils.Database, console: Console) -> dict[str, Any]
             )
         parts.append(t)
     if s["prices"]:
-        parts.append(Text(f"prices used (micro-dollars per 1M tokens): {json.dumps(s['prices'])}", style="dim"))
+        p = s["prices"]
+        parts.append(Text(
+            f"prices used ({p.get('model', s['model'])}, dollars per 1M tokens): input {p['input'] / 1e6:g}, "
+            f"cached input {p['cached_input'] / 1e6:g}, output {p['output'] / 1e6:g}", style="dim"))
     console.print(Group(*parts))
     if s["simulated"]:
         console.print(Text("SIMULATED RUN: not real model output, not real spending.", style="bold red"))

@@ -7,7 +7,7 @@ the tiktoken ``Encoding`` from them, with tiktoken's own split patterns and spec
 
 from __future__ import annotations
 
-import base64
+import binascii
 import functools
 import gzip
 import importlib.util
@@ -45,12 +45,9 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     from tiktoken_ext import openai_public
 
     constructor = {"o200k_base": openai_public.o200k_base, "cl100k_base": openai_public.cl100k_base}[name]
-    ranks: dict[bytes, int] = {}
-    with gzip.open(_rank_file(name), "rt", encoding="ascii") as fh:
-        for line in fh:
-            if line.strip():
-                token, rank = line.split()
-                ranks[base64.b64decode(token)] = int(rank)
+    with gzip.open(_rank_file(name), "rb") as fh:
+        fields = fh.read().split()
+    ranks = dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2])))
     # Take the pattern and special tokens from tiktoken's own definition; only the ranks
     # (the download) come from the local file.
     real_loader = openai_public.load_tiktoken_bpe

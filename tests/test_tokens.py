@@ -1,0 +1,40 @@
+"""tiktoken works offline from the rank files bpe-openai ships, and they are the real ones."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import inspect
+import re
+
+import pytest
+from tiktoken_ext import openai_public
+
+from treegen.tokens import _rank_file, count_messages, count_text, encoding_name_for_model, get_encoding
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_rank_files_match_tiktokens_expected_hash(name):
+    # tiktoken pins the sha256 of each rank file it would download; the shipped copy must match.
+    source = inspect.getsource(getattr(openai_public, name))
+    expected = re.search(r'expected_hash="([0-9a-f]{64})"', source).group(1)
+    data = gzip.decompress(_rank_file(name).read_bytes())
+    assert hashlib.sha256(data).hexdigest() == expected
+
+
+def test_known_counts_and_round_trip():
+    enc = get_encoding("cl100k_base")
+    assert enc.encode("hello world") == [15339, 1917]  # the published cl100k ids
+    text = "Is a kilogram of feathers as heavy as a kilogram of iron? ünïcödé 🙂"
+    for name in ("o200k_base", "cl100k_base"):
+        assert get_encoding(name).decode(get_encoding(name).encode(text)) == text
+    assert count_text("", "gpt-4o-mini") == 0
+
+
+def test_model_families_and_message_framing():
+    assert encoding_name_for_model("gpt-4o-mini-2024-07-18") == "o200k_base"
+    assert encoding_name_for_model("gpt-3.5-turbo") == "cl100k_base"
+    assert encoding_name_for_model("llama3:8b") == "o200k_base"  # an estimate, corrected by the server's counts
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]
+    body = sum(count_text(m["role"], "gpt-4o") + count_text(m["content"], "gpt-4o") for m in messages)
+    assert count_messages(messages, "gpt-4o") == body + 3 * len(messages) + 3
