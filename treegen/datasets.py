@@ -169,6 +169,11 @@ def load_split(
     return examples, t.format, note
 
 
+def has_train(task: str, data_dir: str | Path | None = None) -> bool:
+    """Whether the task has its own training file (else load_split falls back to dev)."""
+    return split_path(task, "train", data_dir).is_file()
+
+
 def sample_seeds(task: str, n: int, seed: int, data_dir: str | Path | None = None) -> list[Example]:
     """``n`` examples drawn reproducibly from the training split (dev where there is none)."""
     if n < 1:

@@ -387,10 +387,14 @@ class Engine:
                     reservation = self._reserve(reserved_prompt, k)
                 except BudgetReached as exc:
                     self._stop(STATUS_BUDGET, exc.reason)
-                    self._finish_job(job, [], None)
+                    self._finish_job(job, [], None, expanded=False)
                     return
+            if not await self._wait_turn(reservation.tokens):
+                # The run stopped while this request waited for the rate limiter: never sent.
+                self.ledger.release(reservation)
+                self._finish_job(job, [], None, expanded=False)
+                return
             call_id = self._insert_pending(job, request_key, attempt, reserved_prompt, reservation)
-            await self.limiter.acquire(reservation.tokens)
             started = time.monotonic()
             self._call_times.append(started)
             try:
@@ -408,12 +412,14 @@ class Engine:
                 if not failure.retryable:
                     self.fatal = failure.message
                     self._stop(STATUS_FAILED, failure.message)
-                    self._finish_job(job, [], None)
+                    self._finish_job(job, [], None, expanded=False)
                     return
                 if failure.kind == "rate-limit":
                     self.limiter.pause(failure.retry_after or backoff_seconds(attempt, rng))
                 if attempt > self.cfg.max_retries or self.stop_reason is not None or self.ledger.stop_reason():
-                    self._finish_job(job, [], call_id)
+                    # Given up after every retry: counted as expanded, so one poisoned node
+                    # cannot eat the budget. Stopped by the run: a resume asks it again.
+                    self._finish_job(job, [], call_id, expanded=attempt > self.cfg.max_retries)
                     return
                 # Wait before retrying, but not past the end of the run: nothing is in flight.
                 try:
@@ -421,7 +427,7 @@ class Engine:
                                            backoff_seconds(attempt, rng, retry_after=failure.retry_after))
                 except asyncio.TimeoutError:
                     continue
-                self._finish_job(job, [], call_id)
+                self._finish_job(job, [], call_id, expanded=False)
                 return
             except asyncio.CancelledError:
                 raise
@@ -429,6 +435,19 @@ class Engine:
             children = self._record_reply(job, call_id, reply, duration, reservation)
             self._finish_job(job, children, call_id)
             return
+
+    async def _wait_turn(self, tokens: int) -> bool:
+        """Wait for the rate limiter; False if the run stops first."""
+        turn = asyncio.ensure_future(self.limiter.acquire(tokens))
+        stop = asyncio.ensure_future(self._stopped.wait())
+        try:
+            done, _ = await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if turn in done:
+            return True
+        turn.cancel()
+        return False
 
     def _insert_pending(self, job: Job, request_key: str, attempt: int, reserved_prompt: int,
                         reservation: Reservation) -> int:
@@ -556,12 +575,14 @@ class Engine:
             infos.append(NodeInfo(nid, job.depth, parent.root_id, ex, 0, row["novelty"]))
         return infos
 
-    def _finish_job(self, job: Job, children: list[NodeInfo], call_id: int | None) -> None:
-        """The request is over (reply, or given up): the parents count as expanded once."""
-        with self.db.conn:
-            for p in job.parents:
-                self.db.execute("update nodes set expanded = coalesce(expanded, 0) + 1 where id = ?", [p.id])
-            self.db.execute("update runs set updated_at = ?", [utcnow()])
+    def _finish_job(self, job: Job, children: list[NodeInfo], call_id: int | None, expanded: bool = True) -> None:
+        """The request is over (reply, or given up): the parents count as expanded once,
+        unless nothing was ever sent for it (a resumed run asks it again)."""
+        if expanded:
+            with self.db.conn:
+                for p in job.parents:
+                    self.db.execute("update nodes set expanded = coalesce(expanded, 0) + 1 where id = ?", [p.id])
+                self.db.execute("update runs set updated_at = ?", [utcnow()])
         self.strategy.on_result(job, children, call_id)
         self._report()
 

@@ -1,0 +1,317 @@
+"""Side-by-side comparison of runs for one task: cost, ID/OOD accuracy, PGR, quality metrics.
+
+PGR (performance gap recovered) = 100 (acc_generated − acc_floor) / (acc_human − acc_floor),
+where the floor is the majority-class accuracy on the ID test split and acc_human is the mean
+ID accuracy of the same student trained on the task's human training data (D_L) over the seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from treegen import datasets
+from treegen.errors import StudentError
+from treegen.evaluation import (
+    Trained, evaluate, find_trained, human_training_data, read_trained, results_db, run_training_data,
+    student_dir, train,
+)
+from treegen.store import open_run, run_row
+
+QUALITY_METRICS = ("mauve", "distinct_4", "self_bleu")
+CONTAMINATION_LIMIT = 0.05
+
+
+def pgr(acc: float, floor: float, human: float) -> float | None:
+    """Performance gap recovered, in %; None when the human student is not above the floor."""
+    gap = human - floor
+    if gap <= 1e-12:
+        return None
+    return 100.0 * (acc - floor) / gap
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
+@dataclass
+class Row:
+    name: str  # run id, or "human (D_L)"
+    strategy: str
+    simulated: bool
+    accepted: int | None
+    spent_micro: int | None
+    tokens: int | None
+    id_acc: list[float] = field(default_factory=list)  # one per seed
+    ood_acc: dict[str, list[float]] = field(default_factory=dict)
+    pgr: list[float | None] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    contamination: float | None = None
+    path: str = ""
+
+    @property
+    def cost_per_accepted_micro(self) -> int | None:
+        if self.spent_micro is None or not self.accepted:
+            return None
+        return round(self.spent_micro / self.accepted)
+
+    @property
+    def ood_mean(self) -> list[float]:
+        if not self.ood_acc:
+            return []
+        per_seed = zip(*self.ood_acc.values())
+        return [float(np.mean(v)) for v in per_seed]
+
+
+def latest_metrics(db: Any) -> tuple[dict[str, float], float | None]:
+    """Latest value of the quality metrics (issue 4's ``metrics`` table) and the contamination rate."""
+    if not db["metrics"].exists():
+        return {}, None
+    out: dict[str, float] = {}
+    for name in (*QUALITY_METRICS, "contamination_rate"):
+        row = next(iter(db.query(
+            "select value from metrics where name = ? order by created_at desc, rowid desc limit 1", [name])), None)
+        if row is not None and row["value"] is not None:
+            out[name] = float(row["value"])
+    return {k: v for k, v in out.items() if k != "contamination_rate"}, out.get("contamination_rate")
+
+
+def _run_cost(db: Any) -> tuple[int | None, int | None, int | None]:
+    from treegen.reports import run_summary
+
+    s = run_summary(db)
+    return s.get("accepted"), s.get("spent_micro"), s.get("tokens_used")
+
+
+def _trained_or_train(folder: Path, make_data: Callable[[], Any], student: str, task: str, seed: int,
+                      data_dir: Any, progress: bool, student_kwargs: dict[str, Any]) -> Trained:
+    """Reuse a student already trained in ``folder`` for (student, task, seed), else train it."""
+    existing = student_dir(folder, student, task, seed)
+    if (existing / "training.json").is_file():
+        return read_trained(existing)
+    return train(make_data(), student, task, folder, seed, data_dir, progress, **student_kwargs)
+
+
+def _accuracies(trained: Trained, db: Any, data_dir: Any, progress: bool, limit: int | None) -> dict[str, float]:
+    """ID/OOD test accuracies of a student: from the database if stored, else evaluated and stored."""
+    rows = []
+    if db["student_results"].exists():
+        rows = list(db.query(
+            "select dataset, accuracy from student_results where student_path = ? and split = 'test' "
+            "and (? is null or n <= ?) order by id", [str(trained.path), limit, limit]))
+    wanted = {trained.task, *datasets.ood_tasks(trained.task)}
+    got = {r["dataset"]: r["accuracy"] for r in rows}
+    if limit is None and set(got) >= wanted:
+        return got
+    return {r["dataset"]: r["accuracy"] for r in evaluate(trained, db, "test", data_dir, limit, progress)}
+
+
+def compare_runs(
+    runs: list[str | Path],
+    task: str,
+    student: str = "lexical",
+    seeds: list[int] | tuple[int, ...] = (0,),
+    out: str | Path = "runs/compare",
+    data_dir: str | Path | None = None,
+    progress: bool = False,
+    eval_limit: int | None = None,
+    human_limit: int | None = None,
+    **student_kwargs: Any,
+) -> tuple[list[Row], dict[str, Path]]:
+    """Train/evaluate ``student`` on every run and on the human data; write md, csv and png in ``out``.
+
+    ``eval_limit`` caps the test examples per dataset and ``human_limit`` the human training
+    examples (both for quick checks; stated in the report).
+    """
+    task = datasets.get_task(task).name
+    if not runs:
+        raise StudentError("Give at least one run folder to compare.")
+    out = Path(out)
+    # Check every run before training anything: a bad one stops the command with nothing stored.
+    opened = []
+    for r in runs:
+        db = open_run(r)
+        data = run_training_data(r)
+        from treegen.evaluation import check_task_matches
+        from treegen.students import min_train_examples
+
+        check_task_matches(task, data.fmt, f"Run {r}")
+        if len(data.examples) < min_train_examples(student):
+            raise StudentError(
+                f"Run {r} has {len(data.examples)} accepted examples; the {student} student needs at least "
+                f"{min_train_examples(student)}. Leave it out of the comparison or let it create more."
+            )
+        opened.append((Path(r), db, data))
+    test, _fmt, _note = datasets.load_split(task, "test", data_dir, limit=eval_limit)
+    floor = datasets.test_majority_floor(test)
+    ood = datasets.ood_tasks(task)
+
+    human_folder = out / "human"
+    human = Row(f"human ({task} train)", "human (D_L)", False, None, None, None, path=str(human_folder))
+    hdb = results_db(human_folder)
+    for seed in seeds:
+        t = _trained_or_train(human_folder, lambda: human_training_data(task, data_dir, human_limit), student, task,
+                              seed, data_dir, progress, student_kwargs)
+        human.accepted = t.n_train
+        accs = _accuracies(t, hdb, data_dir, progress, eval_limit)
+        human.id_acc.append(accs[task])
+        for o in ood:
+            human.ood_acc.setdefault(o, []).append(accs[o])
+    human_mean = float(np.mean(human.id_acc))
+    human.pgr = [pgr(a, floor, human_mean) for a in human.id_acc]
+
+    rows: list[Row] = []
+    for path, db, data in opened:
+        run = run_row(db)
+        accepted, spent, tokens = _run_cost(db)
+        metrics, contamination = latest_metrics(db)
+        row = Row(str(run["id"]), run.get("strategy") or "?", bool(run.get("simulated")), accepted, spent, tokens,
+                  metrics=metrics, contamination=contamination, path=str(path))
+        for seed in seeds:
+            t = _trained_or_train(path, lambda d=data: d, student, task, seed, data_dir, progress, student_kwargs)
+            accs = _accuracies(t, db, data_dir, progress, eval_limit)
+            row.id_acc.append(accs[task])
+            for o in ood:
+                row.ood_acc.setdefault(o, []).append(accs[o])
+            row.pgr.append(pgr(accs[task], floor, human_mean))
+        rows.append(row)
+
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"compare-{task}-{student}"
+    files = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "png": out / f"{stem}.png"}
+    header = {"task": task, "student": student, "seeds": list(seeds), "floor": floor, "ood": ood,
+              "eval_limit": eval_limit, "human_limit": human_limit}
+    files["md"].write_text(render_markdown(rows, human, header), encoding="utf-8")
+    write_csv(files["csv"], rows, human, header)
+    plot(files["png"], rows, human, header)
+    return [*rows, human], files
+
+
+# ------------------------------------------------------------------ formatting
+
+
+def _fmt_ms(values: list[float | None], pct: bool = True) -> str:
+    m, s = mean_std(values)
+    if m is None:
+        return "n/a"
+    k = 100.0 if pct else 1.0
+    return f"{m * k:.1f} ± {s * k:.1f}" if len(values) > 1 else f"{m * k:.1f}"
+
+
+def _usd(micro: int | None) -> str:
+    return "n/a" if micro is None else f"${micro / 1e6:,.4f}"
+
+
+def table_rows(rows: list[Row], human: Row, header: dict[str, Any]) -> list[dict[str, str]]:
+    out = []
+    for r in [*rows, human]:
+        kind = "human" if r is human else ("SIMULATED" if r.simulated else "real")
+        d = {
+            "run": r.name, "strategy": r.strategy, "data": kind,
+            "accepted": "n/a" if r.accepted is None else f"{r.accepted:,}",
+            "dollars": _usd(r.spent_micro), "tokens": "n/a" if r.tokens is None else f"{r.tokens:,}",
+            "$/accepted": _usd(r.cost_per_accepted_micro),
+            "ID acc %": _fmt_ms(r.id_acc),
+        }
+        for o in header["ood"]:
+            d[f"OOD {o} %"] = _fmt_ms(r.ood_acc.get(o, []))
+        d["OOD mean %"] = _fmt_ms(r.ood_mean)
+        d["PGR %"] = _fmt_ms(r.pgr, pct=False)
+        for m in QUALITY_METRICS:
+            d[m] = f"{r.metrics[m]:.3f}" if m in r.metrics else "—"
+        flag = ""
+        if r.contamination is not None and r.contamination > CONTAMINATION_LIMIT:
+            flag = f"CONTAMINATED: {r.contamination * 100:.1f}% of items duplicate the benchmark's test/dev"
+        d["flag"] = flag
+        out.append(d)
+    return out
+
+
+def render_markdown(rows: list[Row], human: Row, header: dict[str, Any]) -> str:
+    table = table_rows(rows, human, header)
+    cols = list(table[0].keys())
+    lines = [
+        f"# Strategy comparison: {header['task']}, student `{header['student']}`",
+        "",
+        f"Seeds {', '.join(map(str, header['seeds']))} (mean ± sample std). ID = {header['task']} test; "
+        f"OOD = {', '.join(header['ood']) or 'none'} test. PGR floor = majority class on the ID test split "
+        f"({header['floor'] * 100:.1f}%); the human row is the same student trained on the task's human training "
+        "data (D_L). Runs marked SIMULATED used the simulator, not a real model.",
+    ]
+    if header.get("eval_limit") or header.get("human_limit"):
+        lines.append(f"Quick check: test examples capped at {header.get('eval_limit')}, "
+                     f"human training examples at {header.get('human_limit')}.")
+    lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(d[c] for c in cols) + " |" for d in table]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: list[Row], human: Row, header: dict[str, Any]) -> None:
+    """Machine-readable: one line per row with means and stds as numbers."""
+    fields = ["run", "strategy", "simulated", "is_human", "accepted", "spent_usd", "tokens", "usd_per_accepted",
+              "id_acc_mean", "id_acc_std"]
+    fields += [f"ood_{o}_mean" for o in header["ood"]] + ["ood_mean", "pgr_mean", "pgr_std", *QUALITY_METRICS,
+                                                         "contamination_rate", "seeds", "floor"]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for r in [*rows, human]:
+            im, isd = mean_std(r.id_acc)
+            pm, psd = mean_std(r.pgr)
+            d: dict[str, Any] = {
+                "run": r.name, "strategy": r.strategy, "simulated": int(r.simulated), "is_human": int(r is human),
+                "accepted": r.accepted, "spent_usd": None if r.spent_micro is None else r.spent_micro / 1e6,
+                "tokens": r.tokens,
+                "usd_per_accepted": None if r.cost_per_accepted_micro is None else r.cost_per_accepted_micro / 1e6,
+                "id_acc_mean": im, "id_acc_std": isd, "ood_mean": mean_std(r.ood_mean)[0],
+                "pgr_mean": pm, "pgr_std": psd, "contamination_rate": r.contamination,
+                "seeds": " ".join(map(str, header["seeds"])), "floor": header["floor"],
+            }
+            for o in header["ood"]:
+                d[f"ood_{o}_mean"] = mean_std(r.ood_acc.get(o, []))[0]
+            for m in QUALITY_METRICS:
+                d[m] = r.metrics.get(m)
+            w.writerow(d)
+
+
+def plot(path: Path, rows: list[Row], human: Row, header: dict[str, Any]) -> None:
+    """ID accuracy against dollars spent, one line per strategy; human and floor as references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by_strategy: dict[str, list[Row]] = {}
+    for r in rows:
+        by_strategy.setdefault(r.strategy + (" (SIMULATED)" if r.simulated else ""), []).append(r)
+    for label, group in sorted(by_strategy.items()):
+        group = sorted(group, key=lambda r: r.spent_micro or 0)
+        xs = [(r.spent_micro or 0) / 1e6 for r in group]
+        ms = [mean_std(r.id_acc) for r in group]
+        ys = [100 * m for m, _s in ms]
+        es = [100 * s for _m, s in ms]
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label,
+                    linestyle="--" if "SIMULATED" in label else "-")
+    hm = float(np.mean(human.id_acc)) * 100
+    ax.axhline(hm, color="black", linewidth=1, label=f"human D_L ({hm:.1f}%)")
+    ax.axhline(header["floor"] * 100, color="grey", linestyle=":", linewidth=1,
+               label=f"majority floor ({header['floor'] * 100:.1f}%)")
+    ax.set_xlabel("dollars spent")
+    ax.set_ylabel(f"ID accuracy on {header['task']} test (%)")
+    ax.set_title(f"{header['task']}: student {header['student']}, seeds {','.join(map(str, header['seeds']))}")
+    if any(math.isfinite(r.spent_micro or 0) for r in rows):
+        ax.set_xlim(left=0)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
