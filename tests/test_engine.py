@@ -229,3 +229,24 @@ def test_max_depth_ends_the_tree(tmp_path, yesno_seeds, strategyqa_pool):
     assert q(run, "select status from runs")[0][0] == "completed"
     assert q(run, "select max(depth) from nodes")[0][0] == 1
     assert q(run, "select count(*) from calls")[0][0] == 2  # one request per seed, nothing deeper
+
+
+def test_near_duplicates_are_rejected_inside_the_loop(tmp_path, yesno_seeds, strategyqa_pool):
+    import numpy as np
+
+    from treegen.embedders import get_embedder
+    from treegen.store import open_run, run_examples
+
+    result = cli("run", yesno_seeds, "--backend", "sim", "--sim-pool", strategyqa_pool, "-s", "tree",
+                 "--near-dup", 0.35, "--target", 20, "--max-usd", 0.2, "--out", tmp_path, "--quiet", "-c", 2)
+    assert result.exit_code == 0, result.output
+    run = only_run(tmp_path)
+    assert q(run, "select count(*) from nodes where reason = 'near-duplicate'")[0][0] > 0
+    # No two accepted examples (nor an accepted one and a seed) are at or above the threshold.
+    examples = run_examples(open_run(run), include_seeds=True)
+    vecs = get_embedder("hashing").embed([e.text() for e in examples])
+    sims = vecs @ vecs.T
+    np.fill_diagonal(sims, 0)
+    assert sims.max() < 0.35 + 1e-6
+    # Every accepted node has its novelty recorded.
+    assert q(run, "select count(*) from nodes where status = 'accepted' and novelty is null")[0][0] == 0

@@ -31,8 +31,9 @@ from treegen.neardup import NearDuplicateIndex
 # Defaults; each is a parameter of `measure` and is recorded with the figure it produced.
 DISTINCT_BUDGET = 10_000  # K tokens for distinct-n
 SELF_BLEU_ITEMS = 1_000  # self-BLEU subsample (BLEU rises with the number of references)
-PAIRWISE_ITEMS = 10_000  # remote-clique subsample above this size
-MAUVE_ITEMS = 5_000  # per side
+PAIRWISE_ITEMS = 5_000  # remote-clique subsample above this size (O(n^2 d))
+MAUVE_ITEMS = 2_500  # per side: k-means cost grows with the square of it (k = n / 10)
+MAUVE_MAX_DIMS = 256  # PCA cap; MiniLM needs fewer for 90 % of the variance, 2,048-d hashing over 1,000
 NEAR_THRESHOLD = 0.9  # cosine similarity for contamination_near
 BLEU_EPSILON = 0.1  # smoothing of zero n-gram matches (Chen & Cherry 2014, method 1)
 _BLOCK = 2048
@@ -62,7 +63,8 @@ class MetricsReport:
         return next((m for m in self.metrics if m.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """JSON-ready: NaN (a measure undefined on this set) becomes None."""
+        return _clean({
             "source": self.source,
             "reference": self.reference,
             "n_items": self.n_items,
@@ -70,7 +72,19 @@ class MetricsReport:
             "metrics": {m.name: {"value": m.value, "n_items": m.n_items, "params": m.params} for m in self.metrics},
             "notes": self.notes,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
-        }
+        })
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return None if math.isnan(obj) or math.isinf(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
 
 
 # ---------------------------------------------------------------- text
@@ -484,10 +498,11 @@ def measure(
 
     m_idx = _sample(n, mauve_items, seed)
     t = time.perf_counter()
-    res = compute_mauve(c_emb[m_idx], r_emb, seed=seed)
+    res = compute_mauve(c_emb[m_idx], r_emb, seed=seed, max_dims=MAUVE_MAX_DIMS)
     timings["mauve"] = time.perf_counter() - t
     out.append(Metric("mauve", res.mauve, len(m_idx), {**emb_params, "reference_items": len(r_emb), "buckets": res.num_buckets,
-                                                     "pca_dims": res.pca_dims, "scaling_factor": 5, "seed": seed}))
+                                                     "pca_dims": res.pca_dims, "max_pca_dims": MAUVE_MAX_DIMS,
+                                                     "scaling_factor": 5, "seed": seed}))
     if n > mauve_items or len(ref) > mauve_items:
         notes.append(f"MAUVE on seeded subsamples of at most {mauve_items} items per side")
 
@@ -598,7 +613,7 @@ def store_metrics(db: Any, report: MetricsReport) -> int:
             "reference": report.reference,
             "name": m.name,
             "value": None if m.value is None or (isinstance(m.value, float) and math.isnan(m.value)) else float(m.value),
-            "params": json.dumps(m.params, ensure_ascii=False, default=str),
+            "params": json.dumps(_clean(m.params), ensure_ascii=False, default=str),
             "n_items": m.n_items,
             "simulated": int(report.simulated),
         }
