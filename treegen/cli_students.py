@@ -101,6 +101,8 @@ def train_cmd(
         task = task or td.source_ref
     task = task or evaluation.infer_task(td.fmt, folder)
     trained = evaluation.train(td, student, task, folder, seed, data_dir, progress=True, **kwargs)
+    if run is None:
+        evaluation.results_db(folder)  # --data/--human: the folder's own treegen.db, for `treegen eval`
     mark = " [bold red](trained on SIMULATED data)[/]" if trained.simulated else ""
     console.print(f"Trained {student} on {trained.n_train:,} {td.source} examples in {trained.train_seconds:.1f}s "
                   f"-> {trained.path}{mark}", highlight=False)

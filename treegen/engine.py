@@ -189,6 +189,10 @@ def _node_row(ex: Example, parent_id, root_id, depth, call_id, strategy, status,
     }
 
 
+_NODE_COLUMNS = list(_node_row(None, None, None, 0, None, "", "", None).keys())
+_INSERT_NODE = f"insert into nodes ({', '.join(_NODE_COLUMNS)}) values ({', '.join('?' for _ in _NODE_COLUMNS)})"
+
+
 def split_cost(total: int, n: int) -> list[int]:
     """Split an integer cost over n parts; the remainder goes to the first ones."""
     if n <= 0:
@@ -433,7 +437,7 @@ class Engine:
                 raise
             duration = int((time.monotonic() - started) * 1000)
             children = self._record_reply(job, call_id, reply, duration, reservation)
-            self._finish_job(job, children, call_id)
+            self._finish_job(job, children, call_id, expanded=False)  # counted with the reply
             return
 
     async def _wait_turn(self, tokens: int) -> bool:
@@ -556,9 +560,13 @@ class Engine:
                 "response_text": reply.text, "n_parsed": n, "n_accepted": n_accepted,
             })
             for row in rows:
-                nid = self.db["nodes"].insert(row).last_pk
+                nid = self.db.conn.execute(_INSERT_NODE, [row[c] for c in _NODE_COLUMNS]).lastrowid
                 if row["status"] == "accepted":
                     ids.append(nid)
+            # The request is over: its parents count as expanded, in the same transaction.
+            self.db.conn.executemany("update nodes set expanded = coalesce(expanded, 0) + 1 where id = ?",
+                                     [(p.id,) for p in job.parents])
+            self.db.conn.execute("update runs set updated_at = ?", [utcnow()])
         # Persisted: now count it.
         self.simulated = self.simulated or reply.simulated
         self.ledger.settle(reservation, cost, prompt_tokens + completion_tokens, accepted=n_accepted)

@@ -32,8 +32,9 @@ from treegen.neardup import NearDuplicateIndex
 DISTINCT_BUDGET = 10_000  # K tokens for distinct-n
 SELF_BLEU_ITEMS = 1_000  # self-BLEU subsample (BLEU rises with the number of references)
 PAIRWISE_ITEMS = 5_000  # remote-clique subsample above this size (O(n^2 d))
-MAUVE_ITEMS = 2_500  # per side: k-means cost grows with the square of it (k = n / 10)
+MAUVE_ITEMS = 2_000  # per side: k-means cost grows with the square of it (k = n / 10)
 MAUVE_MAX_DIMS = 256  # PCA cap; MiniLM needs fewer for 90 % of the variance, 2,048-d hashing over 1,000
+STUDENT_TRAIN_ITEMS = 4_000  # faithfulness's reference sample and each complexity half; not performance
 NEAR_THRESHOLD = 0.9  # cosine similarity for contamination_near
 BLEU_EPSILON = 0.1  # smoothing of zero n-gram matches (Chen & Cherry 2014, method 1)
 _BLOCK = 2048
@@ -344,13 +345,18 @@ def _student_accuracy(student_name: str, train: list[Example], test: list[Exampl
     return accuracy(student, test)
 
 
-def complexity(student_name: str, examples: list[Example], seed: int = 0) -> float:
-    """1 - accuracy of a student trained on one seeded half of the set and tested on the other."""
+def complexity(student_name: str, examples: list[Example], seed: int = 0, max_half: int | None = None) -> float:
+    """1 - accuracy of a student trained on one seeded half of the set and tested on the other.
+
+    ``max_half`` caps the size of each half (a seeded subsample of the set, for speed).
+    """
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     half = len(order) // 2
+    if max_half is not None:
+        half = min(half, max_half)
     train = [examples[i] for i in order[:half]]
-    test = [examples[i] for i in order[half:]]
+    test = [examples[i] for i in order[half : 2 * half]]
     return 1.0 - _student_accuracy(student_name, train, test, seed)
 
 
@@ -428,6 +434,7 @@ def measure(
     pairwise_items: int = PAIRWISE_ITEMS,
     mauve_items: int = MAUVE_ITEMS,
     near_threshold: float = NEAR_THRESHOLD,
+    student_items: int = STUDENT_TRAIN_ITEMS,
 ) -> MetricsReport:
     """Every measure of ``created`` against ``reference``; nothing is written."""
     from treegen.embedders import get_embedder
@@ -442,7 +449,7 @@ def measure(
     if not ref:
         raise InputError(f"The reference {reference.name} holds no examples.")
     c_fmt, r_fmt = created[0].infer_format(), ref[0].infer_format()
-    if (c_fmt.kind, c_fmt.n_options) != (r_fmt.kind, r_fmt.n_options):
+    if c_fmt != r_fmt:
         raise InputError(
             f"The created set is {c_fmt.name} but the reference {reference.name} is {r_fmt.name}; "
             "measure against a reference task of the same format (see `treegen data list`)."
@@ -518,7 +525,7 @@ def measure(
     # Students.
     if student:
         t = time.perf_counter()
-        _student_measures(out, notes, student, created, reference, seed)
+        _student_measures(out, notes, student, created, reference, seed, student_items)
         timings["students"] = time.perf_counter() - t
 
     # Contamination.
@@ -555,20 +562,27 @@ def measure(
 
 
 def _student_measures(out: list[Metric], notes: list[str], student: str, created: list[Example],
-                      reference: Reference, seed: int) -> None:
+                      reference: Reference, seed: int, max_train: int = STUDENT_TRAIN_ITEMS) -> None:
     from treegen.errors import StudentError
     from treegen.students import min_train_examples
 
     n = len(created)
     sp = {"student": student, "seed": seed}
+    ref = reference.examples
+    judge = [ref[i] for i in _sample(len(ref), max_train, seed)]
+    if len(judge) < len(ref):
+        notes.append(f"faithfulness: student trained on a seeded subsample of {len(judge)} of {len(ref)} reference items")
     try:
-        out.append(Metric("faithfulness", _student_accuracy(student, reference.examples, created, seed), n,
-                          {**sp, "trained_on": f"{reference.name} ({len(reference.examples)} items)"}))
+        out.append(Metric("faithfulness", _student_accuracy(student, judge, created, seed), n,
+                          {**sp, "trained_on": f"{reference.name} ({len(judge)} items)", "max_train": max_train}))
     except StudentError as exc:
         notes.append(f"faithfulness not measured: {exc}")
     if n // 2 >= min_train_examples(student):
+        if n // 2 > max_train:
+            notes.append(f"complexity: halves of {max_train} items each, from a seeded shuffle of {n}")
         try:
-            out.append(Metric("complexity", complexity(student, created, seed), n, {**sp, "split": "seeded halves"}))
+            out.append(Metric("complexity", complexity(student, created, seed, max_train), min(n, 2 * max_train),
+                              {**sp, "split": "seeded halves", "max_half": max_train}))
         except StudentError as exc:
             notes.append(f"complexity not measured: {exc}")
     else:

@@ -178,61 +178,104 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 class LinearStudent:
     """Shared machinery: per-option (mcqa) or per-example (yes/no) features + logistic regression.
 
-    Subclasses give ``_yesno_features`` and ``_option_features``; C is picked on dev when given.
+    Multiple-choice features come in two blocks: a ``base`` block of relational features (how
+    the option relates to the question) and an ``extra`` block that can also memorise which
+    options tend to be right. Whether to use the extra block, and C, are chosen on dev (a fifth
+    of the training data is held out when no dev set is given): on CommonsenseQA and
+    RiddleSense, whose test questions share their option sets with training questions that have
+    a different answer, memorising options pushes accuracy below chance, and dev shows it.
     """
 
     name = "linear"
-    C_GRID = (0.1, 0.3, 1.0, 3.0)
+    C_GRID: tuple[float, ...] = (0.1, 0.3, 1.0)
+    YESNO_C_GRID: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
 
-    def __init__(self, C: float | None = None):
+    def __init__(self, C: float | None = None, use_extra: bool | None = None):
         self.C = C
+        self.use_extra = use_extra
         self.fmt: TaskFormat | None = None
         self.coef: np.ndarray | None = None
         self.intercept = 0.0
         self.info: dict[str, Any] = {}
+        self.seed = 0
 
-    # features ------------------------------------------------------------
+    # features (subclasses) -----------------------------------------------
     def _yesno_features(self, examples: list[Example], progress: bool) -> Any:
         raise NotImplementedError
 
-    def _option_features(self, examples: list[Example], progress: bool) -> Any:
+    def _option_blocks(self, examples: list[Example], progress: bool, extra: bool = True) -> tuple[Any, Any]:
+        """(base, extra) per-option feature blocks; extra is None when not asked for."""
         raise NotImplementedError
 
     def _prepare(self, train: list[Example]) -> None:
-        """Fit any data-dependent featurizer state (idf weights)."""
+        """Fit any data-dependent featurizer state (idf weights, LSA) on the training examples."""
+
+    def _features(self, examples: list[Example], progress: bool, use_extra: bool) -> Any:
+        assert self.fmt is not None
+        if self.fmt.kind == "yesno":
+            return self._yesno_features(examples, progress)
+        return _join(*self._option_blocks(examples, progress, use_extra), use_extra)
 
     # interface -----------------------------------------------------------
     def fit(self, train: list[Example], dev: list[Example] | None = None, seed: int = 0,
             progress: bool = False) -> "LinearStudent":
         self.fmt = check_train(self.name, train, dev)
+        self.seed = seed
         yesno = self.fmt.kind == "yesno"
-        self._prepare(train)
-        if yesno:
-            X = self._yesno_features(train, progress)
-            y = np.array([e.label == "True" for e in train], dtype=float)
-        else:
-            X, y = pairwise_design(self._option_features(train, progress), train)
-        grid = [self.C] if self.C is not None else list(self.C_GRID)
         dev = [e for e in (dev or []) if is_yesno([e]) == yesno]
-        if len(grid) > 1 and not dev:
-            grid = [1.0]
-        Xdev = None
-        if len(grid) > 1:
-            Xdev = self._yesno_features(dev, progress) if yesno else self._option_features(dev, progress)
-        best: tuple[float, float, np.ndarray, float] | None = None
-        with progress_bar(progress, f"training {self.name}", len(grid)) as advance:
-            for C in grid:
+        held_out = False
+        fit_on = train
+        if not dev and len(train) >= 50:
+            # No dev set: hold out a fifth of train for the choices, then refit on all of it.
+            order = np.random.default_rng(seed).permutation(len(train))
+            cut = len(train) // 5
+            dev, fit_on = [train[i] for i in order[:cut]], [train[i] for i in order[cut:]]
+            held_out = True
+        extras = [False] if yesno else ([self.use_extra] if self.use_extra is not None else [False, True])
+        grid = [self.C] if self.C is not None else list(self.YESNO_C_GRID if yesno else self.C_GRID)
+        candidates = [(C, ex) for ex in extras for C in grid]
+        if not dev:
+            candidates = [(grid[0] if self.C is not None else 1.0, extras[-1])]
+        self._prepare(fit_on)
+        with progress_bar(progress, f"training {self.name}", len(candidates) + 2) as advance:
+            if yesno:
+                X_all = self._yesno_features(fit_on, progress)
+                y = np.array([e.label == "True" for e in fit_on], dtype=float)
+                Xd_all = self._yesno_features(dev, progress) if dev else None
+            else:
+                need = any(ex for _c, ex in candidates)
+                blocks = self._option_blocks(fit_on, progress, need)
+                dblocks = self._option_blocks(dev, progress, need) if dev else None
+            advance(1)
+            results = []
+            for C, ex in candidates:
+                if yesno:
+                    X, Xd = X_all, Xd_all
+                else:
+                    X, y = pairwise_design(_join(*blocks, ex), fit_on)
+                    Xd = _join(*dblocks, ex) if dblocks is not None else None
                 coef, b = _fit_lr(X, y, C, seed, intercept=yesno)
-                acc = 0.0
-                if Xdev is not None:
-                    self.coef, self.intercept = coef, b
-                    acc = self._accuracy_from(Xdev, dev)
-                if best is None or acc > best[0]:
-                    best = (acc, C, coef, b)
+                self.coef, self.intercept = coef, b
+                acc = self._accuracy_from(Xd, dev) if Xd is not None else 0.0
+                results.append({"C": C, "extra": ex, "dev_accuracy": round(acc, 4), "coef": coef, "b": b})
                 advance(1)
-        assert best is not None
-        _acc, self.C, self.coef, self.intercept = best
-        self.info = {"n_train": len(train), "C": self.C, "dev_accuracy": _acc if Xdev is not None else None}
+            best = max(results, key=lambda r: r["dev_accuracy"])  # first wins ties: simpler model
+            self.C, self.use_extra = best["C"], best["extra"]
+            self.coef, self.intercept = best["coef"], best["b"]
+            if held_out:
+                self._prepare(train)
+                X = self._features(train, progress, self.use_extra)
+                if yesno:
+                    y = np.array([e.label == "True" for e in train], dtype=float)
+                else:
+                    X, y = pairwise_design(X, train)
+                self.coef, self.intercept = _fit_lr(X, y, self.C, seed, intercept=yesno)
+            advance(1)
+        self.info = {
+            "n_train": len(train), "C": self.C, "use_extra": self.use_extra,
+            "selection": "held-out fifth of train" if held_out else ("dev split" if dev else "none"),
+            "grid": [{k: r[k] for k in ("C", "extra", "dev_accuracy")} for r in results],
+        }
         return self
 
     def _raw(self, X: Any) -> np.ndarray:
@@ -262,10 +305,7 @@ class LinearStudent:
         self._check_ready(examples)
         if not examples:
             return []
-        assert self.fmt is not None
-        if self.fmt.kind == "yesno":
-            return self._scores_from(self._yesno_features(examples, progress), examples)
-        return self._scores_from(self._option_features(examples, progress), examples)
+        return self._scores_from(self._features(examples, progress, bool(self.use_extra)), examples)
 
     def predict(self, examples: list[Example], progress: bool = False) -> list[str]:
         return argmax_options(examples, self.score(examples, progress))
@@ -274,8 +314,11 @@ class LinearStudent:
     def _extra_arrays(self) -> dict[str, np.ndarray]:
         return {}
 
-    def _load_extra(self, arrays: Any) -> None:
+    def _load_extra(self, arrays: Any, meta: dict[str, Any]) -> None:
         pass
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {}
 
     def save(self, path: str | Path) -> None:
         self._check_ready([])
@@ -285,22 +328,31 @@ class LinearStudent:
         # npz, not pickle: a saved student is data and loading it runs no code.
         np.savez_compressed(path / "weights.npz", coef=self.coef, intercept=np.array([self.intercept]),
                             **self._extra_arrays())
-        write_meta(path, {"student": self.name, "format": self.fmt.name, "C": self.C, "info": self.info})
+        write_meta(path, {"student": self.name, "format": self.fmt.name, "C": self.C, "use_extra": self.use_extra,
+                          "info": self.info, **self._extra_meta()})
 
     @classmethod
     def load(cls, path: str | Path) -> "LinearStudent":
         meta = read_meta(path)
-        student = cls(C=meta.get("C"))
+        student = cls(C=meta.get("C"), use_extra=meta.get("use_extra"))
         try:
-            with np.load(Path(path) / "weights.npz") as arrays:
+            with np.load(Path(path) / "weights.npz", allow_pickle=False) as arrays:
                 student.coef = arrays["coef"]
                 student.intercept = float(arrays["intercept"][0])
-                student._load_extra(arrays)
+                student._load_extra(arrays, meta)
             student.fmt = TaskFormat.parse(meta["format"])
         except Exception as exc:  # noqa: BLE001 - any unreadable file means a corrupt folder
             raise StudentError(f"{path}: the saved weights are missing or corrupt ({exc}). Retrain with `treegen train`.") from None
         student.info = meta.get("info", {})
         return student
+
+
+def _join(base: Any, extra: Any, use_extra: bool) -> Any:
+    if not use_extra:
+        return base
+    if sp.issparse(base) or sp.issparse(extra):
+        return sp.hstack([sp.csr_matrix(base), extra]).tocsr()
+    return np.hstack([base, extra])
 
 
 _TOKEN = re.compile(r"(?u)\b\w+\b")
@@ -316,20 +368,28 @@ def _words(text: str) -> list[str]:
 
 
 class LexicalStudent(LinearStudent):
-    """Hashed word n-grams (no vocabulary to store) + logistic regression; seconds per dataset.
+    """Hashed word n-grams and a small LSA space learnt from the training text; seconds per dataset.
 
-    Multiple choice features of an option: n-grams (1-3) of the question completed by the option
-    (after differencing only those touching the option survive), question-word × option-word
-    pairs (associations such as "money" → "bank"), and a few dense cues (overlap with the
-    question, length, words shared with the sibling options, position).
+    Multiple choice, base block: relatedness of question and option in an LSA space (50
+    dimensions, fitted on the training questions and options, labels unused): their cosine and
+    element-wise product, plus a few cues (overlap with the question, length, words shared with
+    the sibling options, position). Extra block: n-grams (1-3) of the question completed by
+    the option (after differencing only those touching the option survive) and
+    question-word × option-word pairs. Yes/no: tf-idf weighted hashed n-grams of the question
+    (and of the context, plus question words found in it).
     """
 
     name = "lexical"
-    N_FEATURES = 2**20
+    N_FEATURES = 2**18
+    LSA_DIM = 50
+    LSA_VOCAB = 30000
 
-    def __init__(self, C: float | None = None):
-        super().__init__(C)
+    def __init__(self, C: float | None = None, use_extra: bool | None = None):
+        super().__init__(C, use_extra)
         self.idf: np.ndarray | None = None
+        self.vocab: list[str] | None = None
+        self.lsa_idf: np.ndarray | None = None
+        self.lsa: np.ndarray | None = None  # (dim, vocab) SVD components
 
     def _hv(self, ngrams: tuple[int, int]) -> Any:
         from sklearn.feature_extraction.text import HashingVectorizer
@@ -342,7 +402,7 @@ class LexicalStudent(LinearStudent):
         Xq = hv.transform([e.question for e in examples])
         parts = [Xq]
         if any(e.context for e in examples):
-            # Context words in their own hash space ("c:" prefix) and question words found in it.
+            # Context words in their own hash space ("c_" prefix) and question words found in it.
             parts.append(hv.transform([" ".join("c_" + w for w in _words(e.context or "")) for e in examples]))
             parts.append(hv.transform([
                 " ".join("inctx_" + w for w in set(_words(e.question)) - _STOP if w in set(_words(e.context or "")))
@@ -350,12 +410,44 @@ class LexicalStudent(LinearStudent):
             ]))
         return sp.hstack(parts).tocsr()
 
+    def _counts(self, texts: list[str]) -> Any:
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        assert self.vocab is not None
+        cv = CountVectorizer(vocabulary={w: i for i, w in enumerate(self.vocab)}, token_pattern=r"(?u)\b\w+\b")
+        return cv.transform(texts)
+
+    def _lsa_embed(self, texts: list[str]) -> np.ndarray:
+        from sklearn.preprocessing import normalize
+
+        assert self.lsa is not None and self.lsa_idf is not None
+        X = self._counts(texts).astype(np.float64)
+        X.data = 1.0 + np.log(X.data)  # sublinear tf
+        X = normalize(X @ sp.diags(self.lsa_idf))
+        return normalize(np.asarray(X @ self.lsa.T))
+
     def _prepare(self, train: list[Example]) -> None:
         self.idf = None
         if is_yesno(train):
             X = self._yesno_raw(train)
             df = np.bincount(X.indices, minlength=X.shape[1])
             self.idf = (np.log((1 + len(train)) / (1 + df)) + 1).astype(np.float32)
+            return
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import CountVectorizer
+        from sklearn.preprocessing import normalize
+
+        # Documents: each question with all its options (right and wrong alike: no label used).
+        docs = [f"{e.context or ''} {e.question} {' '.join(e.options)}" for e in train]
+        cv = CountVectorizer(token_pattern=r"(?u)\b\w+\b", stop_words=sorted(_STOP), max_features=self.LSA_VOCAB)
+        X = cv.fit_transform(docs).astype(np.float64)
+        self.vocab = [w for w, _i in sorted(cv.vocabulary_.items(), key=lambda kv: kv[1])]
+        df = np.bincount(X.indices, minlength=X.shape[1])
+        self.lsa_idf = np.log((1 + len(docs)) / (1 + df)) + 1
+        X.data = 1.0 + np.log(X.data)
+        X = normalize(X @ sp.diags(self.lsa_idf))
+        dim = max(1, min(self.LSA_DIM, X.shape[1] - 1, X.shape[0] - 1))
+        self.lsa = TruncatedSVD(dim, random_state=self.seed).fit(X).components_
 
     def _yesno_features(self, examples: list[Example], progress: bool) -> Any:
         from sklearn.preprocessing import normalize
@@ -365,7 +457,7 @@ class LexicalStudent(LinearStudent):
             X = X @ sp.diags(self.idf)
         return normalize(X)
 
-    def _option_features(self, examples: list[Example], progress: bool) -> Any:
+    def _option_blocks(self, examples: list[Example], progress: bool, extra: bool = True) -> tuple[Any, Any]:
         hv = self._hv((1, 3))
         filled, cross, dense = [], [], []
         for ex in examples:
@@ -381,48 +473,87 @@ class LexicalStudent(LinearStudent):
                 pos = [0.0] * 5
                 pos[min(j, 4)] = 1.0
                 dense.append([
-                    len(ow & q_set) / len(ow),  # option repeats the question: usually a distractor
+                    len(ow & q_set) / len(ow),  # option repeats the question
                     np.log1p(len(_words(opt))),
-                    len(ow & others) / len(ow),  # shares words with siblings: typical of the answer
+                    len(ow & others) / len(ow),  # shares words with its siblings
                     *pos,
                 ])
-        X = sp.hstack([
-            hv.transform(filled),
-            hv.transform(cross),
-            sp.csr_matrix(np.array(dense, dtype=np.float64)),
-        ]).tocsr()
-        return X
+        q = self._lsa_embed([f"{e.context or ''} {e.question}" for e in examples])
+        o = self._lsa_embed([opt for e in examples for opt in e.options])
+        qrep = np.repeat(q, [len(e.options) for e in examples], axis=0)
+        base = np.hstack([(qrep * o).sum(1, keepdims=True) * 3.0, qrep * o * 3.0, np.array(dense)])
+        if not extra:
+            return base, None
+        return base, sp.hstack([hv.transform(filled), hv.transform(cross)]).tocsr()
 
     def _extra_arrays(self) -> dict[str, np.ndarray]:
-        return {"idf": self.idf} if self.idf is not None else {}
+        out: dict[str, np.ndarray] = {}
+        if self.idf is not None:
+            out["idf"] = self.idf
+        if self.lsa is not None and self.lsa_idf is not None and self.vocab is not None:
+            out.update(lsa=self.lsa.astype(np.float32), lsa_idf=self.lsa_idf, vocab=np.array(self.vocab, dtype=str))
+        return out
 
-    def _load_extra(self, arrays: Any) -> None:
+    def _load_extra(self, arrays: Any, meta: dict[str, Any]) -> None:
         self.idf = arrays["idf"] if "idf" in arrays.files else None
+        if "lsa" in arrays.files:
+            self.lsa = arrays["lsa"].astype(np.float64)
+            self.lsa_idf = arrays["lsa_idf"]
+            self.vocab = [str(w) for w in arrays["vocab"]]
+
+
+_EMB_CACHE: dict[str, np.ndarray] = {}
 
 
 class MiniLMFrozenStudent(LinearStudent):
     """Frozen all-MiniLM-L6-v2 sentence embeddings + a linear head (pairwise for mcqa).
 
-    Option features: embedding of the completed question, of the option, and the element-wise
-    product of question and option embeddings, plus their cosine. Yes/no: question embedding
-    (and, with a context, the context embedding and the product of the two).
+    Multiple choice, base block: cosine of question and option embeddings and their
+    element-wise product; extra block: the embedding of the question completed by the option
+    and of the option alone. Yes/no: question embedding (with a context: context embedding and
+    the product of the two too).
     """
 
     name = "minilm-frozen"
-    C_GRID = (0.3, 1.0, 3.0, 10.0)
+    C_GRID = (0.1, 0.3, 1.0, 3.0)
+    CACHE_MAX = 200_000  # embeddings kept in memory (1.5 KB each): OOD sets are scored by several students
+
+    def __init__(self, C: float | None = None, use_extra: bool | None = None, max_train: int | None = 3000):
+        super().__init__(C, use_extra)
+        self.max_train = max_train
+
+    def fit(self, train: list[Example], dev: list[Example] | None = None, seed: int = 0,
+            progress: bool = False) -> "MiniLMFrozenStudent":
+        n_all = len(train)
+        if self.max_train is not None and len(train) > self.max_train:
+            # Embedding is the slow part on a CPU: a seeded sample, stated in info.
+            idx = sorted(np.random.default_rng(seed).choice(len(train), self.max_train, replace=False))
+            train = [train[i] for i in idx]
+        if dev is not None and self.max_train is not None and len(dev) > self.max_train // 2:
+            idx = sorted(np.random.default_rng(seed + 1).choice(len(dev), self.max_train // 2, replace=False))
+            dev = [dev[i] for i in idx]
+        super().fit(train, dev, seed, progress)
+        self.info.update(n_train_available=n_all, n_train_used=len(train), max_train=self.max_train)
+        return self
 
     def _embed(self, texts: list[str], progress: bool, what: str) -> np.ndarray:
         from treegen.embedders import get_embedder
 
-        emb = get_embedder("minilm")
-        chunk = 512
-        out = []
-        with progress_bar(progress, f"embedding {what}", len(texts)) as advance:
-            for start in range(0, len(texts), chunk):
-                part = texts[start : start + chunk]
-                out.append(emb.embed(part))
-                advance(len(part))
-        return np.vstack(out) if out else np.zeros((0, 384), dtype=np.float32)
+        todo = list(dict.fromkeys(t for t in texts if t not in _EMB_CACHE))
+        if todo:
+            emb = get_embedder("minilm")
+            chunk = 256
+            with progress_bar(progress, f"embedding {what}", len(todo)) as advance:
+                for start in range(0, len(todo), chunk):
+                    part = todo[start : start + chunk]
+                    for t, v in zip(part, emb.embed(part)):
+                        if len(_EMB_CACHE) >= self.CACHE_MAX:
+                            _EMB_CACHE.pop(next(iter(_EMB_CACHE)))
+                        _EMB_CACHE[t] = v
+                    advance(len(part))
+        if not texts:
+            return np.zeros((0, 384), dtype=np.float32)
+        return np.vstack([_EMB_CACHE[t] for t in texts])
 
     def _yesno_features(self, examples: list[Example], progress: bool) -> Any:
         q = self._embed([e.question for e in examples], progress, "questions")
@@ -431,16 +562,18 @@ class MiniLMFrozenStudent(LinearStudent):
         c = self._embed([e.context or "" for e in examples], progress, "contexts")
         return np.hstack([q, c, q * c * 10.0])
 
-    def _option_features(self, examples: list[Example], progress: bool) -> Any:
+    def _option_blocks(self, examples: list[Example], progress: bool, extra: bool = True) -> tuple[Any, Any]:
         questions = [(e.context + " " if e.context else "") + e.question for e in examples]
         q = self._embed(questions, progress, "questions")
-        reps = [len(e.options) for e in examples]
-        qrep = np.repeat(q, reps, axis=0)
+        qrep = np.repeat(q, [len(e.options) for e in examples], axis=0)
         o = self._embed([opt for e in examples for opt in e.options], progress, "options")
-        f = self._embed([filled_text(e, opt) for e in examples for opt in e.options], progress, "question+option")
         cos = (qrep * o).sum(1, keepdims=True)
-        # The product is scaled up: unit vectors give tiny products that L2 would otherwise ignore.
-        return np.hstack([f, o, qrep * o * 10.0, cos])
+        # Products of unit vectors are tiny: scaled up so that L2 does not silence them.
+        base = np.hstack([cos * 10.0, qrep * o * 10.0])
+        if not extra:
+            return base, None
+        f = self._embed([filled_text(e, opt) for e in examples for opt in e.options], progress, "question+option")
+        return base, np.hstack([f, o])
 
 
 def _ft_class() -> Any:

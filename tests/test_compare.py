@@ -1,0 +1,101 @@
+"""`treegen compare`: PGR by hand, md/csv/png, simulated and contaminated runs marked."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from test_evaluation import make_run
+from treegen import datasets
+from treegen.cli import app
+from treegen.cli_students import register
+from treegen.compare import latest_metrics, mean_std, pgr
+from treegen.store import open_db, utcnow
+
+if "compare" not in {c.name for c in app.registered_commands}:
+    register(app)
+runner = CliRunner()
+
+
+def test_pgr_by_hand():
+    # floor 50%, human 70%, generated 60%: half the gap recovered.
+    assert pgr(0.60, 0.50, 0.70) == pytest.approx(50.0)
+    assert pgr(0.45, 0.50, 0.70) == pytest.approx(-25.0)
+    assert pgr(0.80, 0.50, 0.50) is None  # no gap to recover
+    assert mean_std([0.5, 0.7]) == (pytest.approx(0.6), pytest.approx(0.1414, abs=1e-3))
+    assert mean_std([None]) == (None, None)
+
+
+def test_latest_metrics(tmp_path, datasets_dir):
+    run = make_run(tmp_path / "r", "strategyqa", 10)
+    db = open_db(run / "treegen.db")
+    assert latest_metrics(db) == ({}, None)
+    db["metrics"].insert_all([
+        {"name": "mauve", "value": 0.5, "created_at": "2026-01-01T00:00:00"},
+        {"name": "mauve", "value": 0.7, "created_at": "2026-01-02T00:00:00"},
+        {"name": "contamination_rate", "value": 0.2, "created_at": "2026-01-01T00:00:00"},
+    ])
+    assert latest_metrics(db) == ({"mauve": 0.7}, 0.2)
+
+
+def test_compare_runs_md_csv_png(tmp_path, datasets_dir):
+    a = make_run(tmp_path / "run-tree", "creak", 300, simulated=1, strategy="tree", spent_micro=120_000,
+                 tokens=40_000)
+    b = make_run(tmp_path / "run-bfs", "creak", 200, simulated=0, strategy="bfs", offset=300,
+                 spent_micro=50_000, tokens=20_000)
+    db = open_db(b / "treegen.db")
+    db["metrics"].insert_all([
+        {"name": "contamination_rate", "value": 0.08, "created_at": utcnow()},
+        {"name": "distinct_4", "value": 0.91, "created_at": utcnow()},
+    ])
+    out = tmp_path / "cmp"
+    r = runner.invoke(app, ["compare", str(a), str(b), "--task", "creak", "--seeds", "0,1", "--out", str(out),
+                            "--human-limit", "3000"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    md = (out / "compare-creak-lexical.md").read_text()
+    png = (out / "compare-creak-lexical.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert "SIMULATED" in md and "CONTAMINATED: 8.0%" in md and "human (D_L)" in md and "0.910" in md
+    assert "CONTAMINATED" in r.output and "SIMULATED" in r.output
+    rows = list(csv.DictReader((out / "compare-creak-lexical.csv").open()))
+    assert [x["run"] for x in rows] == ["run-tree", "run-bfs", "human (creak train)"]
+    tree, bfs, human = rows
+    assert tree["simulated"] == "1" and bfs["simulated"] == "0" and human["is_human"] == "1"
+    assert float(tree["spent_usd"]) == pytest.approx(0.12) and int(tree["tokens"]) == 40_000
+    assert float(tree["usd_per_accepted"]) == pytest.approx(0.0004)
+    assert int(human["accepted"]) == 3000
+    # PGR from the stored per-seed accuracies, by the formula.
+    test = datasets.load_split("creak", "test", datasets_dir)[0]
+    floor = datasets.test_majority_floor(test)
+    assert float(tree["floor"]) == pytest.approx(floor)
+    accs = {}
+    for folder in (a, tmp_path / "cmp" / "human"):
+        for x in open_db(folder / "treegen.db").query(
+                "select seed, accuracy from student_results where dataset = 'creak' and role = 'id'"):
+            accs.setdefault(folder.name, {})[x["seed"]] = x["accuracy"]
+    human_mean = sum(accs["human"].values()) / 2
+    assert human_mean > floor + 0.02  # 3,000 human rows: the reference beats the floor
+    expected = [100 * (accs["run-tree"][s] - floor) / (human_mean - floor) for s in (0, 1)]
+    assert float(tree["pgr_mean"]) == pytest.approx(sum(expected) / 2)
+    assert float(tree["id_acc_mean"]) == pytest.approx(sum(accs["run-tree"].values()) / 2)
+    # Running again reuses the trained students and stored results: no new rows.
+    n_before = open_db(a / "treegen.db")["student_results"].count
+    r = runner.invoke(app, ["compare", str(a), "--task", "creak", "--seeds", "0,1", "--out", str(out),
+                            "--human-limit", "3000"])
+    assert r.exit_code == 0, r.output
+    assert open_db(a / "treegen.db")["student_results"].count == n_before
+
+
+def test_compare_bad_input(tmp_path, datasets_dir):
+    ok = make_run(tmp_path / "ok", "strategyqa", 50)
+    small = make_run(tmp_path / "small", "strategyqa", 2)
+    r = runner.invoke(app, ["compare", str(ok), str(small), "--task", "strategyqa", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "needs at least" in r.output
+    assert not (tmp_path / "o").exists() and not (ok / "students").exists()
+    r = runner.invoke(app, ["compare", str(ok), "--task", "csqa", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "mcqa_5" in r.output
+    r = runner.invoke(app, ["compare", str(ok), "--task", "strategyqa", "--seeds", "a,b"])
+    assert r.exit_code == 2 and "--seeds" in r.output
