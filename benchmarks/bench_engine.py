@@ -125,7 +125,7 @@ def bench_overhead(tmp: Path, sizes: list[int]) -> list[str]:
     from treegen.synthetic import synthetic_pool
 
     pool = tmp / "pool.jsonl"
-    n_pool = int(max(sizes) * 1.3)
+    n_pool = int(max(sizes) * 1.2)
     print(f"building a synthetic pool of {n_pool:,} items...", flush=True)
     write_jsonl(pool, (e.to_dict() for e in synthetic_pool(TaskFormat.parse("yesno_close"), n=n_pool)))
     sim = StandaloneSim("--pool", str(pool))
@@ -140,9 +140,10 @@ def bench_overhead(tmp: Path, sizes: list[int]) -> list[str]:
         rows.insert(0, f"Start-up CPU of one `treegen run` process (one call), subtracted below: {base['cpu']:.2f} s\n")
         for strategy in ("random", "tree"):
             for size in sizes:
-                # --target counts accepted examples; nodes (accepted + rejected) are reported.
+                # A size is a number of nodes (accepted + rejected candidates): k=10 per call,
+                # so size/10 calls.
                 run, t = run_treegen(seeds, tmp / "ov", "--base-url", sim.base_url, "-c", "8", "--k", "10",
-                                     "-s", strategy, "--target", str(size), "--max-usd", "100",
+                                     "-s", strategy, "--max-calls", str(size // 10), "--max-usd", "100",
                                      "--max-output-tokens", "1200", "--temperature", "1.0")
                 nodes = q(run, "select count(*) from nodes where status != 'seed'")[0]
                 accepted = q(run, "select count(*) from nodes where status='accepted'")[0]

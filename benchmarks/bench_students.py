@@ -76,8 +76,8 @@ def render(rows: list[dict], command: str) -> str:
         f"{platform.python_implementation()} {platform.python_version()}, {platform.system()}.",
         f"Command: `{command}`",
         "",
-        "| task | student | n train (used) | ID acc | ID floor | beats floor & chance | OOD acc (each) | OOD mean | train s | eval s | peak RSS MB | paper RoBERTa-L |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | student | n train (used) | caps | ID acc | ID floor | beats floor & chance | OOD acc (each) | OOD mean | train s | eval s | peak RSS MB | paper RoBERTa-L |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     latest: dict[tuple[str, str], dict] = {}
     for r in rows:
@@ -95,8 +95,13 @@ def render(rows: list[dict], command: str) -> str:
             ood_mean = sum(res[o]["acc"] for o in ood_tasks(task)) / max(1, len(ood_tasks(task)))
             used = r["info"].get("n_train_used", r["n_train"])
             n_eval = f" (n={idr['n']})" if r.get("eval_limit") else ""
+            caps = ", ".join(filter(None, [
+                f"max_train {r['info']['max_train']}" if r["info"].get("max_train") else "",
+                f"epochs {r['info']['epochs']}" if r["info"].get("epochs") else "",
+                f"test ≤{r['eval_limit']}/dataset" if r.get("eval_limit") else "",
+            ])) or "none"
             lines.append(
-                f"| {task} | {s} | {r['n_train']:,} ({used:,}) | {idr['acc'] * 100:.1f}{n_eval} | "
+                f"| {task} | {s} | {r['n_train']:,} ({used:,}) | {caps} | {idr['acc'] * 100:.1f}{n_eval} | "
                 f"{idr['majority'] * 100:.1f} | {'yes' if ok else '**no**'} | {', '.join(ood)} | "
                 f"{ood_mean * 100:.1f} | {r['train_seconds']:.0f} | {r['eval_seconds']:.0f} | "
                 f"{r['peak_rss_mb']:.0f} | {PAPER_ROBERTA_LARGE[task]:.2f} |"

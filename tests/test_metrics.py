@@ -151,8 +151,9 @@ def test_measure_on_real_slices_orders_sets_sensibly(datasets_dir):
     assert own.get("mauve").value > other.get("mauve").value
     assert own.get("faithfulness").n_items == 100 and other.get("faithfulness") is None
     assert 0.0 <= own.get("complexity").value <= 1.0
-    # strategyqa dev is not in test+dev? it IS the dev split: every item is an exact copy.
+    # The created slice IS the dev split, part of the contamination pool: every item is a copy.
     assert own.get("contamination_rate").value == 1.0
+    assert any(n.startswith("CONTAMINATED") for n in own.notes)
     assert other.get("contamination_rate").value == 0.0
 
 
@@ -203,6 +204,7 @@ def test_cli_run_stores_figures_marks_simulated_and_flags_contamination(tmp_path
     assert out["metrics"]["contamination_exact"]["value"] == 3
     assert out["metrics"]["contamination_rate"]["value"] == pytest.approx(3 / 63)
     assert {"drift_depth_1", "drift_depth_2", "drift_depth_3"} <= set(out["metrics"])
+    assert not any(n.startswith("CONTAMINATED") for n in out["notes"])  # 4.8 %, under the 5 % flag
     db = open_db(run / "treegen.db")
     rows = {r["name"]: r for r in db["metrics"].rows}
     assert rows["contamination_rate"]["value"] == pytest.approx(3 / 63)
@@ -240,6 +242,7 @@ def test_cli_bad_input_exits_2_and_stores_nothing(tmp_path, datasets_dir):
         (["metrics", str(run), "--reference", "csqa", "--embedder", "hashing"], "yesno_close"),  # wrong format
         (["metrics", str(run), "--reference", "strategyqa", "--embedder", "bert"], "Unknown embedder"),
         (["metrics", str(run)], "--reference"),
+        (["metrics", str(run), "--reference", "strategyqa", "--distinct-tokens", "5"], "--distinct-tokens"),
         (["metrics", str(tmp_path / "missing"), "--reference", "strategyqa"], "does not exist"),
     ]
     for args, message in cases:

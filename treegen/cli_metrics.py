@@ -49,6 +49,7 @@ def run_metrics(
     student: str | None,
     seed: int,
     near_threshold: float,
+    distinct_tokens: int = 3_000,
 ) -> tuple[object, dict]:
     """Measure and (for a run) store; returns (report, info about where it went)."""
     from treegen import metrics
@@ -64,6 +65,8 @@ def run_metrics(
             raise ConfigError(f"Unknown student {student!r}. Choose one of: {', '.join(STUDENTS)}, or none.")
     if not 0.0 < near_threshold <= 1.0:
         raise ConfigError(f"--near-threshold {near_threshold} is not a cosine similarity in (0, 1]; use e.g. 0.9.")
+    if distinct_tokens < 10:
+        raise ConfigError(f"--distinct-tokens {distinct_tokens} is too small to count n-grams; use e.g. 3000.")
     if not path.exists():
         raise InputError(f"{path} does not exist. Give a run folder (runs/<run-id>) or a JSONL file of examples.")
 
@@ -84,6 +87,7 @@ def run_metrics(
         report = metrics.measure(
             nodes.examples, ref, source=str(path), embedder=embedder, student=student, seed=seed,
             simulated=bool(row.get("simulated")), run_nodes=nodes, near_threshold=near_threshold,
+            distinct_budget=distinct_tokens,
         )
         # Stored only once everything is measured: bad input leaves the database as it was.
         info["rows"] = metrics.store_metrics(db, report)
@@ -93,7 +97,7 @@ def run_metrics(
         created, _fmt_ = load_examples(path)
         report = metrics.measure(
             created, ref, source=str(path), embedder=embedder, student=student, seed=seed,
-            near_threshold=near_threshold,
+            near_threshold=near_threshold, distinct_budget=distinct_tokens,
         )
     return report, info
 
@@ -116,7 +120,7 @@ def _print_report(report, info: dict) -> None:  # noqa: ANN001 - MetricsReport
     console.print(table)
     drift = [m for m in report.metrics if m.name.startswith("drift_depth_")]
     if drift:
-        dt = Table(title="Drift: mean cosine distance from the root seed, per depth")
+        dt = Table(title="Drift from the root seed (1 - cosine)")
         dt.add_column("depth", justify="right")
         dt.add_column("distance", justify="right")
         dt.add_column("nodes", justify="right")
@@ -142,15 +146,16 @@ def register(app: typer.Typer) -> None:
         reference: Optional[str] = typer.Option(None, "--reference", help="Reference task: csqa, creak, boolq_close, ..."),
         reference_file: Optional[Path] = typer.Option(None, "--reference-file", help="Human examples (JSONL) to compare with."),
         data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder (default: $TREEGEN_DATA_DIR or ../shared/datasets)."),
-        embedder: str = typer.Option("minilm", "--embedder", help="minilm (the engine's default) or hashing (fast, lexical)."),
+        embedder: str = typer.Option("minilm", "--embedder", help="minilm (all-MiniLM-L6-v2, offline) or hashing (fast, lexical; the engine's default index)."),
         student: str = typer.Option("lexical", "--student", help="Student for faithfulness, complexity, performance; 'none' to skip."),
         json_out: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
         seed: int = typer.Option(0, "--seed", help="Seed of every subsample, shuffle and split."),
         near_threshold: float = typer.Option(0.9, "--near-threshold", help="Cosine similarity that counts as a near duplicate of a test/dev item."),
+        distinct_tokens: int = typer.Option(3000, "--distinct-tokens", help="K: distinct-n counts n-grams in the first K tokens; use one K for every dataset you compare."),
     ) -> None:
         report, info = run_metrics(
             path, reference, reference_file, data_dir, embedder,
-            None if student.lower() == "none" else student, seed, near_threshold,
+            None if student.lower() == "none" else student, seed, near_threshold, distinct_tokens,
         )
         if json_out:
             out = report.to_dict()

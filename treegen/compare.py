@@ -203,7 +203,8 @@ def _fmt_ms(values: list[float | None], pct: bool = True) -> str:
     if m is None:
         return "n/a"
     k = 100.0 if pct else 1.0
-    return f"{m * k:.1f} ± {s * k:.1f}" if len(values) > 1 else f"{m * k:.1f}"
+    n_valid = sum(v is not None for v in values)
+    return f"{m * k:.1f} ± {s * k:.1f}" if n_valid > 1 else f"{m * k:.1f}"
 
 
 def _usd(micro: int | None) -> str:

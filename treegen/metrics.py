@@ -29,13 +29,14 @@ from treegen.examples import YESNO_OPTIONS, Example, dedup_key
 from treegen.neardup import NearDuplicateIndex
 
 # Defaults; each is a parameter of `measure` and is recorded with the figure it produced.
-DISTINCT_BUDGET = 10_000  # K tokens for distinct-n
+DISTINCT_BUDGET = 3_000  # K tokens for distinct-n: a 300-item yes/no run has about 3,400
 SELF_BLEU_ITEMS = 1_000  # self-BLEU subsample (BLEU rises with the number of references)
 PAIRWISE_ITEMS = 5_000  # remote-clique subsample above this size (O(n^2 d))
 MAUVE_ITEMS = 2_000  # per side: k-means cost grows with the square of it (k = n / 10)
 MAUVE_MAX_DIMS = 256  # PCA cap; MiniLM needs fewer for 90 % of the variance, 2,048-d hashing over 1,000
 STUDENT_TRAIN_ITEMS = 4_000  # faithfulness's reference sample and each complexity half; not performance
-NEAR_THRESHOLD = 0.9  # cosine similarity for contamination_near
+NEAR_THRESHOLD = 0.9
+CONTAMINATION_FLAG = 0.05  # the rate `treegen compare` flags  # cosine similarity for contamination_near
 BLEU_EPSILON = 0.1  # smoothing of zero n-gram matches (Chen & Cherry 2014, method 1)
 _BLOCK = 2048
 
@@ -404,7 +405,12 @@ def load_reference(
         notes += [f"dev split: {note}"] if note else []
         pool = test + dev
     if reference_file:
-        examples, _fmt = load_examples(reference_file)
+        examples, file_fmt = load_examples(reference_file)
+        if task and file_fmt != get_task(task).format:
+            raise InputError(
+                f"--reference-file {reference_file} is {file_fmt.name} but --reference {task} is "
+                f"{get_task(task).format.name}; give a reference file and task of the same format."
+            )
         name = f"file:{reference_file}" if not task else f"{name}+file:{reference_file}"
     return Reference(name=name, examples=examples, contamination_pool=pool, test=test, notes=notes)
 
@@ -478,8 +484,8 @@ def measure(
         notes.append(f"self-BLEU on a seeded subsample of {sb_n} of {n} items")
 
     # Embeddings: created set, reference sample, contamination pool, seeds.
-    emb = get_embedder(embedder)
     t = time.perf_counter()
+    emb = get_embedder(embedder)  # loading the model counts as embedding time
     c_emb = emb.embed([item_text(e) for e in created])
     r_idx = _sample(len(ref), mauve_items, seed)
     r_emb = emb.embed([item_text(ref[i]) for i in r_idx])
@@ -539,6 +545,9 @@ def measure(
         out.append(Metric("contamination_exact", float(con["exact"]), n, cp))
         out.append(Metric("contamination_near", float(con["near"]), n, cp))
         out.append(Metric("contamination_rate", con["rate"], n, {**cp, "max_similarity": con["max_similarity"]}))
+        if con["rate"] > CONTAMINATION_FLAG:
+            notes.append(f"CONTAMINATED: {con['rate']:.1%} of the items copy or nearly copy {reference.name} "
+                         f"test/dev items (more than {CONTAMINATION_FLAG:.0%}); do not evaluate on that benchmark")
     else:
         notes.append("contamination not measured: give --reference TASK to check against its test and dev splits")
 

@@ -225,7 +225,10 @@ class LinearStudent:
         dev = [e for e in (dev or []) if is_yesno([e]) == yesno]
         held_out = False
         fit_on = train
-        if not dev and len(train) >= 50:
+        single = self.C is not None and (yesno or self.use_extra is not None)  # nothing to choose
+        if single:
+            dev = []
+        elif not dev and len(train) >= 50:
             # No dev set: hold out a fifth of train for the choices, then refit on all of it.
             order = np.random.default_rng(seed).permutation(len(train))
             cut = len(train) // 5
