@@ -89,6 +89,21 @@ def q(run: Path, sql: str):
         con.close()
 
 
+def busiest_minute(run: Path) -> int:
+    """Most requests sent in any 60 s window: what an RPM limit over a sliding minute caps."""
+    from datetime import datetime
+
+    con = sqlite3.connect(run / "treegen.db")
+    times = sorted(datetime.fromisoformat(t).timestamp() for (t,) in con.execute("select created_at from calls"))
+    con.close()
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - 60:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
 def seeds_file(tmp: Path) -> Path:
     path = tmp / "seeds.jsonl"
     path.write_text(STRATEGYQA.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
@@ -96,7 +111,7 @@ def seeds_file(tmp: Path) -> Path:
 
 
 def bench_throughput(tmp: Path, seconds: float, rpm: int) -> list[str]:
-    rows = ["| concurrency | accepted | seconds | accepted / s | ok calls / min | share of RPM limit | 429s |",
+    rows = ["| concurrency | accepted | seconds | accepted / s | ok calls / min (mean) | requests in the busiest 60 s (share of the RPM limit) | 429s |",
             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in (1, 8, 32):
         # A fresh server per row: its 60 s window must not hold the previous row's calls.
@@ -111,8 +126,9 @@ def bench_throughput(tmp: Path, seconds: float, rpm: int) -> list[str]:
             elapsed = q(run, "select elapsed_seconds from runs")[0]
             limited = after.get("rate_limited", 0) - before.get("rate_limited", 0)
             per_min = ok / elapsed * 60
+            busiest = busiest_minute(run)
             rows.append(f"| {c} | {accepted} | {elapsed:.1f} | {accepted / elapsed:.2f} | {per_min:.0f} | "
-                        f"{per_min / rpm:.0%} | {limited} |")
+                        f"{busiest} ({busiest / rpm:.0%}) | {limited} |")
             print(rows[-1], flush=True)
         finally:
             sim.close()

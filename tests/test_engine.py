@@ -238,7 +238,7 @@ def test_near_duplicates_are_rejected_inside_the_loop(tmp_path, yesno_seeds, str
     from treegen.store import open_run, run_examples
 
     result = cli("run", yesno_seeds, "--backend", "sim", "--sim-pool", strategyqa_pool, "-s", "tree",
-                 "--near-dup", 0.35, "--target", 20, "--max-usd", 0.2, "--out", tmp_path, "--quiet", "-c", 2)
+                 "--near-dup", 0.35, "--embedder", "hashing", "--target", 20, "--max-usd", 0.2, "--out", tmp_path, "--quiet", "-c", 2)
     assert result.exit_code == 0, result.output
     run = only_run(tmp_path)
     assert q(run, "select count(*) from nodes where reason = 'near-duplicate'")[0][0] > 0

@@ -116,3 +116,15 @@ def test_bad_input_exit_2_nothing_stored(tmp_path, datasets_dir):
     r = runner.invoke(app, ["eval", str(run), "--task", "creak", "--limit", "20"])
     assert r.exit_code == 2 and "corrupt" in r.output and "treegen train" in r.output
     assert _results(run) == []
+
+
+def test_task_from_run_config_or_asked(tmp_path, datasets_dir):
+    run = make_run(tmp_path / "r", "creak", 20)
+    db = open_db(run / "treegen.db")
+    r = runner.invoke(app, ["train", str(run)])
+    assert r.exit_code == 2 and "--task" in r.output and "creak" in r.output and _nothing_stored(run)
+    db.execute("update runs set config = ?", [json.dumps({"seeds_from": "creak"})])
+    db.conn.commit()
+    r = runner.invoke(app, ["train", str(run)])
+    assert r.exit_code == 0, r.output
+    assert (run / "students" / "lexical-creak-s0").is_dir()

@@ -77,6 +77,7 @@ def test_lexical_dev_selection_rejects_memorising_block(datasets_dir):
     assert student.use_extra is (grid[True] > grid[False])
 
 
+@pytest.mark.slow
 def test_minilm_frozen_yesno_and_mcqa(datasets_dir, tmp_path):
     train = _split("boolq_close", "train", 120, datasets_dir)
     test = _split("boolq_close", "test", 60, datasets_dir)
@@ -91,6 +92,7 @@ def test_minilm_frozen_yesno_and_mcqa(datasets_dir, tmp_path):
     assert all(p in e.options for p, e in zip(m.predict(mc_test), mc_test))
 
 
+@pytest.mark.slow
 def test_minilm_ft_tiny_round_trip(datasets_dir, tmp_path):
     train = _split("csqa", "train", 20, datasets_dir)
     dev = _split("csqa", "dev", 4, datasets_dir)

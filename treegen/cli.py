@@ -119,7 +119,7 @@ def run(
     seed: int = typer.Option(0, "--seed", help="Seed of the run: shuffles, picks and request seeds."),
     branching: Optional[int] = typer.Option(None, "--branching", help="tree/novelty: requests per expanded node."),
     chains: Optional[int] = typer.Option(None, "--chains", help="random/contrastive/similar: chains walked side by side (default: --concurrency)."),
-    embedder: Optional[str] = typer.Option(None, "--embedder", help="hashing (fast, lexical) or minilm (all-MiniLM-L6-v2, offline)."),
+    embedder: Optional[str] = typer.Option(None, "--embedder", help="minilm (all-MiniLM-L6-v2, offline; default) or hashing (fast, lexical)."),
     near_dup: Optional[float] = typer.Option(None, "--near-dup", help="Reject candidates whose cosine similarity to an accepted example is at least this, e.g. 0.9."),
     budget: Optional[str] = typer.Option(None, "--budget", help="A budget profile from budgets/ by name or path."),
     max_usd: Optional[float] = typer.Option(None, "--max-usd", help="Dollar cap."),
@@ -184,7 +184,7 @@ def run(
         max_output_tokens=pick(max_output_tokens, "max_output_tokens", 1024), concurrency=concurrency,
         rpm=rpm, tpm=tpm, timeout=timeout, max_retries=max_retries, seed=seed,
         branching=pick(branching, "branching", 1), chains=pick(chains, "chains", None),
-        embedder=pick(embedder, "embedder", "hashing"), near_dup=pick(near_dup, "near_dup", None),
+        embedder=pick(embedder, "embedder", "minilm"), near_dup=pick(near_dup, "near_dup", None),
         task_description=task, caps=caps, price=price, sim=sim, seeds_source=source,
     )
     from treegen.embedders import EMBEDDERS

@@ -146,7 +146,7 @@ def register(app: typer.Typer) -> None:
         reference: Optional[str] = typer.Option(None, "--reference", help="Reference task: csqa, creak, boolq_close, ..."),
         reference_file: Optional[Path] = typer.Option(None, "--reference-file", help="Human examples (JSONL) to compare with."),
         data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder (default: $TREEGEN_DATA_DIR or ../shared/datasets)."),
-        embedder: str = typer.Option("minilm", "--embedder", help="minilm (all-MiniLM-L6-v2, offline) or hashing (fast, lexical; the engine's default index)."),
+        embedder: str = typer.Option("minilm", "--embedder", help="minilm (all-MiniLM-L6-v2, offline; the engine's default) or hashing (fast, lexical)."),
         student: str = typer.Option("lexical", "--student", help="Student for faithfulness, complexity, performance; 'none' to skip."),
         json_out: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
         seed: int = typer.Option(0, "--seed", help="Seed of every subsample, shuffle and split."),

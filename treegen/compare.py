@@ -18,10 +18,11 @@ import numpy as np
 from treegen import datasets
 from treegen.errors import StudentError
 from treegen.evaluation import (
-    Trained, evaluate, find_trained, human_training_data, read_trained, results_db, run_training_data,
+    Trained, check_task_matches, evaluate, human_training_data, read_trained, results_db, run_training_data,
     student_dir, train,
 )
 from treegen.store import open_run, run_row
+from treegen.students import min_train_examples
 
 QUALITY_METRICS = ("mauve", "distinct_4", "self_bleu")
 CONTAMINATION_LIMIT = 0.05
@@ -140,9 +141,6 @@ def compare_runs(
     for r in runs:
         db = open_run(r)
         data = run_training_data(r)
-        from treegen.evaluation import check_task_matches
-        from treegen.students import min_train_examples
-
         check_task_matches(task, data.fmt, f"Run {r}")
         if len(data.examples) < min_train_examples(student):
             raise StudentError(
@@ -248,8 +246,9 @@ def render_markdown(rows: list[Row], human: Row, header: dict[str, Any]) -> str:
         "data (D_L). Runs marked SIMULATED used the simulator, not a real model.",
     ]
     if header.get("eval_limit") or header.get("human_limit"):
-        lines.append(f"Quick check: test examples capped at {header.get('eval_limit')}, "
-                     f"human training examples at {header.get('human_limit')}.")
+        caps = [f"test examples capped at {header['eval_limit']} per dataset" if header.get("eval_limit") else "",
+                f"human training examples capped at {header['human_limit']}" if header.get("human_limit") else ""]
+        lines.append("Quick check: " + ", ".join(c for c in caps if c) + ".")
     lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(d[c] for c in cols) + " |" for d in table]
     return "\n".join(lines) + "\n"

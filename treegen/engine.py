@@ -72,7 +72,7 @@ class RunConfig:
     seed: int = 0
     branching: int = 1
     chains: int | None = None
-    embedder: str = "hashing"
+    embedder: str = "minilm"
     near_dup: float | None = None
     task_description: str | None = None
     caps: Caps = field(default_factory=Caps)

@@ -88,7 +88,20 @@ def human_training_data(task: str, data_dir: str | Path | None = None, limit: in
 
 
 def infer_task(fmt: TaskFormat, folder: str | Path) -> str:
-    """The task for a run given without --task: the only dataset of its group, or an error."""
+    """The task for a run given without --task: the dataset its seeds came from (config
+    ``seeds_from`` or ``task``), else the only dataset of its group, else an error."""
+    db_path = Path(folder) / DB_NAME
+    if db_path.is_file():
+        db = open_db(db_path)
+        if db["runs"].exists() and db["runs"].count:
+            config = run_row(db)["config"]
+            for key in ("seeds_from", "task"):
+                name = config.get(key) if isinstance(config, dict) else None
+                if isinstance(name, str) and name.strip():
+                    try:
+                        return check_task_matches(name, fmt, f"The run at {folder}")
+                    except (StudentError, datasets.DatasetError):
+                        break
     names = [n for n, t in datasets.TASKS.items() if t.group == fmt.name]
     if len(names) == 1:
         return names[0]
