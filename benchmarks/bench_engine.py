@@ -171,6 +171,8 @@ def bench_overhead(tmp: Path, sizes: list[int]) -> list[str]:
                 print(rows[-1], flush=True)
     finally:
         sim.close()
+    rows.append("\nCPU per node is the loop's own cost; CPU per accepted example also moves with the acceptance "
+                "rate (duplicates grow as the synthetic pool's neighbourhoods fill up).")
     return rows
 
 
