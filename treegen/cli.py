@@ -254,21 +254,11 @@ def resume(
     _execute(db, cfg, quiet)
 
 
-def _register_optional() -> None:
-    """Commands of the other areas, each in its own module."""
-    import importlib
+# The commands of the other areas live in their own modules.
+from treegen import cli_metrics, cli_reports, cli_sim, cli_students  # noqa: E402
 
-    for module in ("treegen.cli_reports", "treegen.cli_sim", "treegen.cli_students", "treegen.cli_metrics"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        mod.register(app)
-
-
-_register_optional()
+for _module in (cli_reports, cli_sim, cli_students, cli_metrics):
+    _module.register(app)
 
 
 def main() -> None:
