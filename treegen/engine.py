@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import json
 import os
 import random
@@ -253,8 +254,10 @@ class Engine:
         cfg: RunConfig,
         api_key: str | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        http_client: Any = None,
     ):
         self.db = db
+        self.http_client = http_client  # a test seam: an httpx.AsyncClient with a MockTransport
         self.cfg = cfg
         self.fmt = TaskFormat.parse(cfg.task_format)
         self.api_key = api_key
@@ -269,6 +272,7 @@ class Engine:
         self.rejected = db.execute("select count(*) from nodes where status = 'rejected'").fetchone()[0]
         self.max_depth_seen = db.execute("select coalesce(max(depth), 0) from nodes where status = 'accepted'").fetchone()[0]
         self.prompt_ratio = 1.0  # server-counted / locally-counted prompt tokens, highest seen
+        self.ratio_known = self._openai_tokenizer()
         self.request_counts: dict[tuple[int, ...], int] = {}
         self.rng = random.Random(f"{cfg.seed}:engine")
         self.stop_reason: str | None = None
@@ -361,10 +365,17 @@ class Engine:
         k = self.cfg.k if open_examples is None else max(1, min(self.cfg.k, open_examples))
         messages = build_messages([p.example for p in job.parents], self.fmt, k, self.cfg.task_description)
         prompt_tokens = count_messages(messages, self.cfg.model)
-        # Our count is exact for OpenAI models; for others it is corrected by the highest
-        # ratio the server has shown, plus a margin, so the reservation stays a ceiling.
-        reserved_prompt = int(prompt_tokens * self.prompt_ratio * (1.0 if self.prompt_ratio == 1.0 else 1.05)) + (
-            0 if self._openai_tokenizer() else 32)
+        # Our count is exact for OpenAI models. Other servers tokenize differently: their
+        # reservation is scaled by the highest server/local ratio seen so far, plus a 25%
+        # and 64-token margin, so that it stays a ceiling from the very first request.
+        if self._openai_tokenizer() and self.prompt_ratio <= 1.0:
+            reserved_prompt = prompt_tokens
+        elif not self.ratio_known:
+            # Until the server has reported one count, requests go one at a time, each
+            # reserved at twice our count: no tokenizer in use counts English at 2x o200k.
+            reserved_prompt = 2 * prompt_tokens + 64
+        else:
+            reserved_prompt = math.ceil(prompt_tokens * max(self.prompt_ratio, 1.0) * 1.1) + 32
         return messages, k, prompt_tokens, reserved_prompt
 
     def _openai_tokenizer(self) -> bool:
@@ -375,7 +386,8 @@ class Engine:
         micro = price_mod.worst_case_micro(self.price, reserved_prompt, max_tokens) if self.price else 0
         return self.ledger.reserve(micro, reserved_prompt + max_tokens, examples=k)
 
-    async def _run_job(self, job: Job, messages, k: int, reserved_prompt: int, reservation: Reservation) -> None:
+    async def _run_job(self, job: Job, messages, k: int, local_prompt: int, reserved_prompt: int,
+                       reservation: Reservation) -> None:
         parent_ids = [p.id for p in job.parents]
         key = tuple(parent_ids)
         n_before = self.request_counts.get(key, 0)
@@ -436,7 +448,7 @@ class Engine:
             except asyncio.CancelledError:
                 raise
             duration = int((time.monotonic() - started) * 1000)
-            children = self._record_reply(job, call_id, reply, duration, reservation)
+            children = self._record_reply(job, call_id, reply, duration, reservation, local_prompt)
             self._finish_job(job, children, call_id, expanded=False)  # counted with the reply
             return
 
@@ -476,7 +488,7 @@ class Engine:
         self.ledger.settle(reservation, None if unknown else 0, None if unknown else 0)
 
     def _record_reply(self, job: Job, call_id: int, reply: ChatReply, duration: int,
-                      reservation: Reservation) -> list[NodeInfo]:
+                      reservation: Reservation, local_prompt: int) -> list[NodeInfo]:
         prompt_tokens = reply.prompt_tokens
         completion_tokens = reply.completion_tokens
         if prompt_tokens is None or completion_tokens is None:
@@ -484,9 +496,9 @@ class Engine:
             prompt_tokens = reservation.tokens - self.cfg.max_output_tokens
             completion_tokens = min(count_text(reply.text, self.cfg.model), self.cfg.max_output_tokens)
         cost = price_mod.cost_micro(self.price, prompt_tokens, completion_tokens, reply.cached_tokens) if self.price else 0
-        local_prompt = reservation.tokens - self.cfg.max_output_tokens
-        if prompt_tokens > local_prompt * self.prompt_ratio:
-            self.prompt_ratio = max(self.prompt_ratio, prompt_tokens / max(1, local_prompt))
+        if reply.prompt_tokens is not None:
+            self.prompt_ratio = max(self.prompt_ratio, reply.prompt_tokens / max(1, local_prompt))
+            self.ratio_known = True
 
         parent = job.parents[0]
         rows: list[dict] = []
@@ -609,7 +621,7 @@ class Engine:
             sim_server = SimServer(SimConfig(**(self.cfg.sim or {}))).start()
             base_url = sim_server.base_url
         self._client = ChatClient(base_url, self.api_key if self.cfg.backend != "sim" else "sim", self.cfg.model,
-                                  timeout=self.cfg.timeout)
+                                  timeout=self.cfg.timeout, http_client=self.http_client)
         self._stopped = asyncio.Event()
         self._mark_lost_calls()
         self.db.execute("update runs set status = ?, stop_reason = null, updated_at = ?", [STATUS_RUNNING, utcnow()])
@@ -660,16 +672,18 @@ class Engine:
                 break
             launched = False
             open_examples = self.ledger.examples_open()
-            if len(self.in_flight) < self.cfg.concurrency and (open_examples is None or open_examples > 0):
+            limit = self.cfg.concurrency if self.ratio_known else 1
+            if len(self.in_flight) < limit and (open_examples is None or open_examples > 0):
                 job = self.strategy.next_job()
                 if job is not None:
-                    messages, k, _, reserved_prompt = self._prepare(job)
+                    messages, k, local_prompt, reserved_prompt = self._prepare(job)
                     try:
                         reservation = self._reserve(reserved_prompt, k)
                     except BudgetReached as exc:
                         self._stop(STATUS_BUDGET, exc.reason)
                         break
-                    task = asyncio.create_task(self._run_job(job, messages, k, reserved_prompt, reservation))
+                    task = asyncio.create_task(
+                        self._run_job(job, messages, k, local_prompt, reserved_prompt, reservation))
                     self.in_flight.add(task)
                     task.add_done_callback(self.in_flight.discard)
                     launched = True

@@ -88,7 +88,8 @@ def _retry_after(headers: httpx.Headers | None) -> float | None:
 
 
 class ChatClient:
-    def __init__(self, base_url: str | None, api_key: str | None, model: str, timeout: float = 60.0):
+    def __init__(self, base_url: str | None, api_key: str | None, model: str, timeout: float = 60.0,
+                 http_client: httpx.AsyncClient | None = None):
         self.model = model
         self.base_url = base_url or OPENAI_BASE_URL
         self._client = openai.AsyncOpenAI(
@@ -96,6 +97,7 @@ class ChatClient:
             api_key=api_key or "not-needed",
             max_retries=0,
             timeout=timeout,
+            http_client=http_client,
         )
 
     async def aclose(self) -> None:
