@@ -23,27 +23,34 @@ def q(db: Path, sql: str):
         con.close()
 
 
-def test_sigkill_then_resume(tmp_path, yesno_seeds, strategyqa_pool):
+def start_run(tmp_path, seeds, pool, name, latency_ms, concurrency, target):
+    """`treegen run` in a subprocess against the in-process simulator; returns (process, db path)."""
     out = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "treegen", "run", str(yesno_seeds), "--backend", "sim", "--sim-pool",
-           str(strategyqa_pool), "--sim-latency-ms", "150", "-c", "6", "--target", "150", "--max-usd", "1",
-           "--out", str(out), "--name", "crash", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    db = out / "crash" / "treegen.db"
+    cmd = [sys.executable, "-m", "treegen", "run", str(seeds), "--backend", "sim", "--sim-pool", str(pool),
+           "--sim-latency-ms", str(latency_ms), "-c", str(concurrency), "--target", str(target), "--max-usd", "1",
+           "--out", str(out), "--name", name, "--quiet"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE), out / name / "treegen.db"
+
+
+def wait_until(db: Path, min_ok: int, need_pending: bool) -> None:
     deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ok = q(db, "select count(*) from calls where status = 'ok'")[0][0] if db.exists() else 0
+            pending = q(db, "select count(*) from calls where status = 'pending'")[0][0] if db.exists() else 0
+        except sqlite3.OperationalError:  # the database is being created
+            ok = pending = 0
+        if ok >= min_ok and (pending > 0 or not need_pending):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run made no progress")
+
+
+def test_sigkill_then_resume(tmp_path, yesno_seeds, strategyqa_pool):
+    proc, db = start_run(tmp_path, yesno_seeds, strategyqa_pool, "crash", 150, 6, 150)
+    out = db.parent.parent
     try:
-        while time.monotonic() < deadline:
-            if db.exists():
-                try:
-                    done = q(db, "select count(*) from calls where status = 'ok'")[0][0]
-                    pending = q(db, "select count(*) from calls where status = 'pending'")[0][0]
-                except sqlite3.OperationalError:
-                    done = pending = 0
-                if done >= 5 and pending > 0:
-                    break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the run made no progress")
+        wait_until(db, 5, need_pending=True)
         os.kill(proc.pid, signal.SIGKILL)  # no handler, no cleanup: as a power cut would
         proc.wait(10)
     finally:
@@ -91,20 +98,8 @@ def test_sigkill_then_resume(tmp_path, yesno_seeds, strategyqa_pool):
 
 
 def test_ctrl_c_finishes_the_requests_in_flight(tmp_path, yesno_seeds, strategyqa_pool):
-    out = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "treegen", "run", str(yesno_seeds), "--backend", "sim", "--sim-pool",
-           str(strategyqa_pool), "--sim-latency-ms", "300", "-c", "4", "--target", "1000", "--max-usd", "1",
-           "--out", str(out), "--name", "int", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    db = out / "int" / "treegen.db"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if db.exists() and q(db, "select count(*) from calls where status = 'ok'")[0][0] >= 3:
-                break
-        except sqlite3.OperationalError:
-            pass
-        time.sleep(0.05)
+    proc, db = start_run(tmp_path, yesno_seeds, strategyqa_pool, "int", 300, 4, 1000)
+    wait_until(db, 3, need_pending=False)
     proc.send_signal(signal.SIGINT)
     stdout, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130
