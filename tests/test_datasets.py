@@ -136,3 +136,13 @@ def test_data_fetch_checks_sha_and_lines(tmp_path, mirror):
     assert result.exit_code == 2 and "line 21" in result.output
     assert not (tmp_path / "c" / rel).exists()
     shutil.rmtree(tmp_path / "a", ignore_errors=True)
+
+
+def test_evaluation_limit_is_a_random_sample(datasets_dir):
+    # PubMedQA test is sorted by label: its first 200 rows are all True.
+    head, _f, _n = datasets.load_split("pubmedqa", "test", datasets_dir, limit=200)
+    assert {e.label for e in head} == {"True"}
+    sample, _f, note = datasets.load_split("pubmedqa", "test", datasets_dir, limit=200, sample=True)
+    again, _f, _n = datasets.load_split("pubmedqa", "test", datasets_dir, limit=200, sample=True)
+    assert len(sample) == 200 and sample == again and "random sample" in note
+    assert 0.4 < datasets.test_majority_floor(sample) < 0.7

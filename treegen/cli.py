@@ -185,7 +185,7 @@ def run(
         rpm=rpm, tpm=tpm, timeout=timeout, max_retries=max_retries, seed=seed,
         branching=pick(branching, "branching", 1), chains=pick(chains, "chains", None),
         embedder=pick(embedder, "embedder", "minilm"), near_dup=pick(near_dup, "near_dup", None),
-        task_description=task, caps=caps, price=price, sim=sim, seeds_source=source,
+        task_description=task, caps=caps, price=price, sim=sim, seeds_source=source, seeds_from=seeds_from,
     )
     from treegen.embedders import EMBEDDERS
 

@@ -133,7 +133,7 @@ def eval_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed used if a student has to be trained first."),
     split: str = typer.Option("test", "--split", help="test or dev."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate on the first N examples of each dataset."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate on a seeded random sample of N examples of each dataset."),
 ) -> None:
     """Evaluate the run's students ID and OOD; store and print the results."""
     from treegen import datasets, evaluation
@@ -171,7 +171,7 @@ def compare_cmd(
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated training seeds, e.g. 0,1,2."),
     out: Path = typer.Option(Path("runs/compare"), "--out", help="Folder for the md/csv/png and the human-data students."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Quick check: first N test examples per dataset."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Quick check: a seeded random sample of N test examples per dataset."),
     human_limit: Optional[int] = typer.Option(None, "--human-limit", help="Quick check: first N human training examples."),
 ) -> None:
     """Compare runs for one task: cost, ID/OOD accuracy, PGR against the human-data student."""

@@ -148,7 +148,7 @@ def compare_runs(
                 f"{min_train_examples(student)}. Leave it out of the comparison or let it create more."
             )
         opened.append((Path(r), db, data))
-    test, _fmt, _note = datasets.load_split(task, "test", data_dir, limit=eval_limit)
+    test, _fmt, _note = datasets.load_split(task, "test", data_dir, limit=eval_limit, sample=True)
     floor = datasets.test_majority_floor(test)
     ood = datasets.ood_tasks(task)
 

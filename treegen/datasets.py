@@ -147,9 +147,14 @@ def read_split_file(path: Path, fmt: TaskFormat, limit: int | None = None) -> tu
 
 
 def load_split(
-    task: str, split: str, data_dir: str | Path | None = None, limit: int | None = None
+    task: str, split: str, data_dir: str | Path | None = None, limit: int | None = None, sample: bool = False
 ) -> tuple[list[Example], TaskFormat, str]:
-    """The examples of one split, the task format, and a note (fallback used, rows skipped)."""
+    """The examples of one split, the task format, and a note (fallback used, rows skipped).
+
+    ``limit`` keeps the first rows (fast, for training slices); with ``sample=True`` it keeps a
+    seeded random sample in file order instead (for evaluation: some files are sorted by
+    label, e.g. PubMedQA test starts with 276 True rows).
+    """
     t = get_task(task)
     path = split_path(task, split, data_dir)
     note = ""
@@ -161,7 +166,11 @@ def load_split(
     if not path.is_file():
         fix = "run `treegen data fetch`" if (t.group, t.dataset, split) not in KNOWN_MISSING else "use another split"
         raise DatasetError(f"No {split} split for {t.name}: {path} is missing; {fix}.")
-    examples, skipped = read_split_file(path, t.format, limit)
+    examples, skipped = read_split_file(path, t.format, None if sample else limit)
+    if sample and limit is not None and len(examples) > limit:
+        keep = sorted(random.Random(0).sample(range(len(examples)), limit))
+        examples = [examples[i] for i in keep]
+        note = "; ".join(filter(None, [note, f"random sample of {limit} rows"]))
     if skipped:
         note = "; ".join(filter(None, [note, f"{skipped} invalid rows skipped"]))
     if not examples:

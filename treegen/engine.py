@@ -80,6 +80,7 @@ class RunConfig:
     price: dict | None = None  # ModelPrice fields used for this run
     sim: dict | None = None  # simulator settings when backend == "sim"
     seeds_source: str | None = None
+    seeds_from: str | None = None  # the benchmark task the seeds were drawn from (--seeds-from)
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -196,7 +196,7 @@ def evaluate(
     names = datasets_to_eval or [trained.task, *datasets.ood_tasks(trained.task)]
     rows = []
     for name in names:
-        examples, _fmt, note = datasets.load_split(name, split, data_dir, limit=limit)
+        examples, _fmt, note = datasets.load_split(name, split, data_dir, limit=limit, sample=True)
         t0 = time.perf_counter()
         pred = model.predict(examples) if not progress else _predict_progress(model, examples)
         seconds = time.perf_counter() - t0
