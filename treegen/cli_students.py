@@ -189,11 +189,14 @@ def compare_cmd(
     header = {"ood": datasets.ood_tasks(task)}
     table_data = compare.table_rows(rows[:-1], rows[-1], header)
     table = Table(title=f"{datasets.get_task(task).name}: student {student}, seeds {seeds}")
-    for col in table_data[0]:
-        table.add_column(col)
+    # A terminal shows the columns that decide; the Markdown and CSV files hold them all.
+    keep = [c for c in table_data[0] if c in ("run", "data", "accepted", "dollars", "$/accepted", "ID acc %",
+                                             "OOD mean %", "PGR %", "flag")] or list(table_data[0])
+    for col in keep:
+        table.add_column(col, overflow="fold")
     for d in table_data:
-        table.add_row(*[f"[bold red]{v}[/]" if v == "SIMULATED" or v.startswith("CONTAMINATED") else v
-                        for v in d.values()])
+        table.add_row(*[f"[bold red]{d[c]}[/]" if d[c] == "SIMULATED" or d[c].startswith("CONTAMINATED") else d[c]
+                        for c in keep])
     console.print(table)
     console.print(f"Wrote {files['md']}, {files['csv']} and {files['png']}", highlight=False)
 

@@ -206,7 +206,9 @@ def _fmt_ms(values: list[float | None], pct: bool = True) -> str:
 
 
 def _usd(micro: int | None) -> str:
-    return "n/a" if micro is None else f"${micro / 1e6:,.4f}"
+    from treegen.prices import format_usd
+
+    return "n/a" if micro is None else format_usd(micro)
 
 
 def table_rows(rows: list[Row], human: Row, header: dict[str, Any]) -> list[dict[str, str]]:
