@@ -131,3 +131,18 @@ def test_dedup_key_ignores_case_punctuation_and_option_order():
     b = example_from_dict({"question": "is ice, cold", "options": ["y", "x"], "label": "y"})
     c = example_from_dict({"question": "Is ice hot?", "options": ["x", "y"], "label": "x"})
     assert dedup_key(a) == dedup_key(b) != dedup_key(c)
+
+
+def test_migrations_are_applied_once_and_recorded(tmp_path):
+    """Opening a database twice applies nothing the second time; every migration is named."""
+    from treegen.migrations import migrations
+    from treegen.store import open_db
+
+    db = open_db(tmp_path / "t.db")
+    applied = [m.name for m in migrations.applied(db)]
+    assert applied[0] == "m001_initial" and len(applied) == len(set(applied)) >= 3
+    db.close()
+    db = open_db(tmp_path / "t.db")
+    assert [m.name for m in migrations.applied(db)] == applied
+    assert not migrations.pending(db)
+    assert {"runs", "calls", "nodes", "metrics", "student_results"} <= set(db.table_names())

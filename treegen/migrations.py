@@ -94,7 +94,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
-def m040_metrics(db: sqlite_utils.Database) -> None:
+def m002_metrics(db: sqlite_utils.Database) -> None:
     # Quality figures from `treegen metrics`, appended on every measurement (history kept);
     # `treegen compare` reads name, value and created_at.
     db["metrics"].create(
@@ -114,7 +114,7 @@ def m040_metrics(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
-def m030_student_results(db: sqlite_utils.Database) -> None:
+def m003_student_results(db: sqlite_utils.Database) -> None:
     # One row per (trained student, evaluated dataset): `treegen eval` and `treegen compare`.
     db["student_results"].create(
         {
