@@ -38,7 +38,7 @@ def one(student: str, task: str, seed: int, eval_limit: int | None, max_train: i
     dev = None if not datasets.has_train(task) else datasets.load_split(task, "dev")[0]
     kwargs = {}
     if student in ("minilm-ft", "minilm-frozen") and max_train is not None:
-        kwargs["max_train"] = max_train
+        kwargs["max_train"] = max_train or None  # 0: no cap
     if student == "minilm-ft" and epochs is not None:
         kwargs["epochs"] = epochs
     model = get_student(student, **kwargs)
@@ -168,7 +168,7 @@ def main() -> None:
     ap.add_argument("--tasks", default="")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-limit", type=int, default=None)
-    ap.add_argument("--max-train", type=int, default=None)
+    ap.add_argument("--max-train", type=int, default=None, help="cap on training examples; 0 = none")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--one", nargs=2, metavar=("STUDENT", "TASK"), help=argparse.SUPPRESS)
     ap.add_argument("--render-only", action="store_true")

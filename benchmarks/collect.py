@@ -16,6 +16,7 @@ SECTIONS = [
     ("Engine: local overhead as the tree grows", "engine_overhead.md"),
     ("Engine: tokens per accepted example", "engine_tokens.md"),
     ("Students on human data (D_L), ID and OOD", "students.md"),
+    ("Dataset surface statistics behind the student failures", "datasets_diagnosis.md"),
     ("Dataset quality measures and in-loop near-duplicate rejection", "metrics.md"),
 ]
 

@@ -97,8 +97,11 @@ def test_minilm_ft_tiny_round_trip(datasets_dir, tmp_path):
     train = _split("csqa", "train", 20, datasets_dir)
     dev = _split("csqa", "dev", 4, datasets_dir)
     test = _split("csqa", "test", 6, datasets_dir)
-    s = get_student("minilm-ft", epochs=1, max_length=20, batch_size=8, max_train=16).fit(train, dev, seed=0)
-    assert s.info["n_train_used"] == 16 and s.info["best_epoch"] == 1 and s.info["max_train"] == 16
+    s = get_student("minilm-ft", max_length=20, batch_size=8, max_train=16).fit(train, dev, seed=0)
+    # 16 examples in batches of 8 = 2 steps an epoch: the default asks for 100 steps, capped at 5 epochs.
+    assert s.info["n_train_used"] == 16 and s.info["max_train"] == 16
+    assert s.info["epochs"] == 5 and len(s.info["dev_accuracy_by_epoch"]) == 5
+    assert s.info["best_epoch"] == 1 + s.info["dev_accuracy_by_epoch"].index(max(s.info["dev_accuracy_by_epoch"]))
     scores = s.score(test)
     assert all(len(x) == 5 and abs(sum(x) - 1) < 1e-4 for x in scores)
     s.save(tmp_path / "ft")
@@ -106,6 +109,24 @@ def test_minilm_ft_tiny_round_trip(datasets_dir, tmp_path):
     assert again.predict(test) == s.predict(test)
     with pytest.raises(StudentError, match="cannot score"):
         again.predict(_split("strategyqa", "test", 2, datasets_dir))
+
+
+def test_default_epochs_aim_at_min_steps():
+    from treegen.students_ft import default_epochs
+
+    assert default_epochs(1000) == 2  # big sets: the lower bound
+    assert default_epochs(30) == 4  # ceil(100 / 30)
+    assert default_epochs(1) == 5  # tiny sets: the upper bound
+    assert default_epochs(50, min_steps=200, bounds=(1, 10)) == 4
+
+
+@pytest.mark.slow
+def test_minilm_ft_reads_passages_at_256_tokens(datasets_dir):
+    train = _split("bioasq", "train", 40, datasets_dir)
+    s = get_student("minilm-ft", epochs=1, batch_size=8, max_train=16).fit(train, None, seed=0)
+    assert s.info["max_length"] == 256 and s.info["epochs"] == 1
+    enc = s._encode(train[:2])
+    assert enc["input_ids"].shape[1] > 128  # the passage is no longer cut at 128 tokens
 
 
 def test_too_few_and_one_label(datasets_dir):

@@ -77,8 +77,8 @@ def train_cmd(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     model_path: Optional[str] = typer.Option(None, "--model-path", help="minilm-ft: a local Hugging Face model folder."),
     max_train: Optional[int] = typer.Option(None, "--max-train", help="minilm-ft: cap on training examples (default 2000)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="minilm-ft: epochs (default 2)."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="minilm-ft: tokens per input (default 128)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="minilm-ft: epochs (default: 2 to 5, enough for about 100 optimizer steps)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="minilm-ft: tokens per input (default 256 with a passage, else 128)."),
 ) -> None:
     """Train a student on a run, a data file (--data) or human data (--human)."""
     from treegen import evaluation

@@ -4,6 +4,10 @@ Multiple choice as the paper does it: ``AutoModelForMultipleChoice`` encodes eve
 (question, option) pair, a linear layer scores each, and a softmax runs across the options of
 the question. Yes/no: two-way ``AutoModelForSequenceClassification`` over (context, question).
 Defaults are CPU-sane; a GPU is used when torch sees one. The best epoch on dev is kept.
+
+Unless given, the input length is 256 tokens when examples carry a passage (BoolQ, PubMedQA
+and BioASQ passages are cut off at 128) and 128 otherwise, and the number of epochs is chosen
+so that a small training set still gets about ``MIN_STEPS`` optimizer steps (2 to 5 epochs).
 """
 
 from __future__ import annotations
@@ -34,15 +38,23 @@ def _setup() -> Any:
     return torch
 
 
+def default_epochs(steps_per_epoch: int, min_steps: int = 100, bounds: tuple[int, int] = (2, 5)) -> int:
+    """Epochs that give about ``min_steps`` optimizer steps, within ``bounds``."""
+    lo, hi = bounds
+    return max(lo, min(hi, -(-min_steps // max(1, steps_per_epoch))))
+
+
 class FineTunedStudent:
     name = "minilm-ft"
+    MIN_STEPS = 100
+    EPOCHS_RANGE = (2, 5)
 
     def __init__(
         self,
         model_path: str | None = None,
-        max_length: int = 128,
+        max_length: int | None = None,
         batch_size: int = 16,
-        epochs: int = 2,
+        epochs: int | None = None,
         lr: float = 5e-5,
         max_train: int | None = 2000,
         max_dev: int | None = 500,
@@ -99,6 +111,8 @@ class FineTunedStudent:
     def fit(self, train: list[Example], dev: list[Example] | None = None, seed: int = 0,
             progress: bool = False) -> "FineTunedStudent":
         self.fmt = check_train(self.name, train, dev)
+        if self.max_length is None:
+            self.max_length = 256 if self.fmt.has_context else 128
         torch = _setup()
         from transformers import (AutoModelForMultipleChoice, AutoModelForSequenceClassification,
                                   AutoTokenizer, get_linear_schedule_with_warmup)
@@ -136,6 +150,8 @@ class FineTunedStudent:
         self.model.to(device)
         opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.01)
         steps_per_epoch = len(self._batches(pool, list(range(len(pool)))))
+        if self.epochs is None:
+            self.epochs = default_epochs(steps_per_epoch, self.MIN_STEPS, self.EPOCHS_RANGE)
         total = max(1, steps_per_epoch * self.epochs)
         sched = get_linear_schedule_with_warmup(opt, int(0.1 * total), total)
         best_acc, best_state, best_epoch, history = -1.0, None, 0, []
