@@ -68,7 +68,7 @@ def render(rows: list[dict], command: str) -> str:
         "# Students on human data (D_L)",
         "",
         "Each student trained on the task's human training split (dev where the public copy has no",
-        "training file: piqa, boolq_open — model selection then on a held-out fifth of it), selected",
+        "training file: piqa, boolq_open — model selection then by 5-fold cross-validation on it, or a held-out tenth for minilm-ft), selected",
         "on the dev split, evaluated on the test split of the task (ID) and of the other tasks in its",
         "group (OOD). Accuracy in %; the floor is the majority class of each test split. The paper's",
         "column is RoBERTa-large fine-tuned on the full human training set (its poster).",

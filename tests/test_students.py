@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from treegen import datasets
 from treegen.errors import ConfigError, StudentError
 from treegen.examples import Example
 from treegen.students import (
-    STUDENTS, accuracy, get_student, load_student, min_train_examples, pairwise_design,
+    STUDENTS, LexicalStudent, accuracy, get_student, load_student, min_train_examples, pairwise_design,
 )
 
 
@@ -75,6 +76,20 @@ def test_lexical_dev_selection_rejects_memorising_block(datasets_dir):
     grid = {g["extra"]: g["dev_accuracy"] for g in student.info["grid"]}
     assert set(grid) == {False, True} and student.info["selection"] == "dev split"
     assert student.use_extra is (grid[True] > grid[False])
+
+
+def test_without_dev_the_grid_is_chosen_by_cross_validation(datasets_dir):
+    train = _split("boolq_open", "train", 300, datasets_dir)
+    student = get_student("lexical").fit(train, None, seed=0)
+    assert student.info["selection"] == "5-fold cross-validation on train"
+    grid = student.info["grid"]
+    assert [g["C"] for g in grid] == list(LexicalStudent.YESNO_C_GRID)
+    # Mean accuracy over five folds of 60 rows: multiples of 1/300.
+    assert all(abs(g["dev_accuracy"] * 300 - round(g["dev_accuracy"] * 300)) < 0.02 for g in grid)
+    best = max(grid, key=lambda g: g["dev_accuracy"])
+    assert student.C == best["C"]
+    again = get_student("lexical").fit(train, None, seed=0)
+    assert again.info["grid"] == grid and np.array_equal(again.coef, student.coef)  # seeded folds
 
 
 @pytest.mark.slow

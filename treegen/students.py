@@ -180,15 +180,17 @@ class LinearStudent:
 
     Multiple-choice features come in two blocks: a ``base`` block of relational features (how
     the option relates to the question) and an ``extra`` block that can also memorise which
-    options tend to be right. Whether to use the extra block, and C, are chosen on dev (a fifth
-    of the training data is held out when no dev set is given): on CommonsenseQA and
+    options tend to be right. Whether to use the extra block, and C, are chosen on dev (by 5-fold
+    cross-validation on train when no dev set is given): on CommonsenseQA and
     RiddleSense, whose test questions share their option sets with training questions that have
     a different answer, memorising options pushes accuracy below chance, and dev shows it.
     """
 
     name = "linear"
     C_GRID: tuple[float, ...] = (0.1, 0.3, 1.0)
-    YESNO_C_GRID: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
+    # Yes/no features are sparse and high-dimensional: weak regularisation is often best.
+    YESNO_C_GRID: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+    CV_FOLDS = 5
 
     def __init__(self, C: float | None = None, use_extra: bool | None = None):
         self.C = C
@@ -223,51 +225,39 @@ class LinearStudent:
         self.seed = seed
         yesno = self.fmt.kind == "yesno"
         dev = [e for e in (dev or []) if is_yesno([e]) == yesno]
-        held_out = False
-        fit_on = train
-        single = self.C is not None and (yesno or self.use_extra is not None)  # nothing to choose
-        if single:
-            dev = []
-        elif not dev and len(train) >= 50:
-            # No dev set: hold out a fifth of train for the choices, then refit on all of it.
-            order = np.random.default_rng(seed).permutation(len(train))
-            cut = len(train) // 5
-            dev, fit_on = [train[i] for i in order[:cut]], [train[i] for i in order[cut:]]
-            held_out = True
         extras = [False] if yesno else ([self.use_extra] if self.use_extra is not None else [False, True])
         grid = [self.C] if self.C is not None else list(self.YESNO_C_GRID if yesno else self.C_GRID)
         candidates = [(C, ex) for ex in extras for C in grid]
-        if not dev:
+        folds: list[tuple[list[Example], list[Example]]] = []
+        if len(candidates) > 1 and dev:
+            folds, selection = [(train, dev)], "dev split"
+        elif len(candidates) > 1 and len(train) >= 50:
+            # No dev set: k-fold cross-validation on train. One held-out fifth was tried first
+            # and is too noisy on small sets (BoolQ-open: 327 rows, the grid within 3 answers).
+            order = np.random.default_rng(seed).permutation(len(train))
+            parts = np.array_split(order, self.CV_FOLDS)
+            for k in range(self.CV_FOLDS):
+                fit_idx = np.concatenate([parts[j] for j in range(self.CV_FOLDS) if j != k])
+                folds.append(([train[i] for i in fit_idx], [train[i] for i in parts[k]]))
+            selection = f"{self.CV_FOLDS}-fold cross-validation on train"
+        else:
             candidates = [(grid[0] if self.C is not None else 1.0, extras[-1])]
-        self._prepare(fit_on)
-        with progress_bar(progress, f"training {self.name}", len(candidates) + 2) as advance:
-            if yesno:
-                X_all = self._yesno_features(fit_on, progress)
-                y = np.array([e.label == "True" for e in fit_on], dtype=float)
-                Xd_all = self._yesno_features(dev, progress) if dev else None
+            selection = "none"
+        total = len(folds) * len(candidates) + 1
+        with progress_bar(progress, f"training {self.name}", total) as advance:
+            acc_sums = np.zeros(len(candidates))
+            fitted: list[tuple[np.ndarray, float]] = []
+            for fit_on, held in folds:
+                accs, fitted = self._try_candidates(fit_on, held, candidates, progress, advance)
+                acc_sums += accs
+            mean_acc = acc_sums / max(1, len(folds))
+            best = int(np.argmax(mean_acc))  # first wins ties: the simpler model
+            self.C, self.use_extra = candidates[best]
+            if selection == "dev split":
+                self.coef, self.intercept = fitted[best]  # already fitted on all of train
             else:
-                need = any(ex for _c, ex in candidates)
-                blocks = self._option_blocks(fit_on, progress, need)
-                dblocks = self._option_blocks(dev, progress, need) if dev else None
-            advance(1)
-            results = []
-            for C, ex in candidates:
-                if yesno:
-                    X, Xd = X_all, Xd_all
-                else:
-                    X, y = pairwise_design(_join(*blocks, ex), fit_on)
-                    Xd = _join(*dblocks, ex) if dblocks is not None else None
-                coef, b = _fit_lr(X, y, C, seed, intercept=yesno)
-                self.coef, self.intercept = coef, b
-                acc = self._accuracy_from(Xd, dev) if Xd is not None else 0.0
-                results.append({"C": C, "extra": ex, "dev_accuracy": round(acc, 4), "coef": coef, "b": b})
-                advance(1)
-            best = max(results, key=lambda r: r["dev_accuracy"])  # first wins ties: simpler model
-            self.C, self.use_extra = best["C"], best["extra"]
-            self.coef, self.intercept = best["coef"], best["b"]
-            if held_out:
                 self._prepare(train)
-                X = self._features(train, progress, self.use_extra)
+                X = self._features(train, progress, bool(self.use_extra))
                 if yesno:
                     y = np.array([e.label == "True" for e in train], dtype=float)
                 else:
@@ -275,11 +265,35 @@ class LinearStudent:
                 self.coef, self.intercept = _fit_lr(X, y, self.C, seed, intercept=yesno)
             advance(1)
         self.info = {
-            "n_train": len(train), "C": self.C, "use_extra": self.use_extra,
-            "selection": "held-out fifth of train" if held_out else ("dev split" if dev else "none"),
-            "grid": [{k: r[k] for k in ("C", "extra", "dev_accuracy")} for r in results],
+            "n_train": len(train), "C": self.C, "use_extra": self.use_extra, "selection": selection,
+            "grid": [{"C": C, "extra": ex, "dev_accuracy": round(float(a), 4)}
+                     for (C, ex), a in zip(candidates, mean_acc)] if folds else [],
         }
         return self
+
+    def _try_candidates(self, fit_on: list[Example], held: list[Example], candidates: list[tuple[float, bool]],
+                        progress: bool, advance: Callable[[int], None]) -> tuple[np.ndarray, list[tuple[np.ndarray, float]]]:
+        """Accuracy on ``held`` of each (C, use_extra) fitted on ``fit_on``, and the fitted weights."""
+        yesno = self.fmt is not None and self.fmt.kind == "yesno"
+        self._prepare(fit_on)
+        if yesno:
+            X = self._yesno_features(fit_on, progress)
+            y = np.array([e.label == "True" for e in fit_on], dtype=float)
+            Xh = self._yesno_features(held, progress)
+        else:
+            need = any(ex for _c, ex in candidates)
+            blocks = self._option_blocks(fit_on, progress, need)
+            hblocks = self._option_blocks(held, progress, need)
+        accs, fitted = [], []
+        for C, ex in candidates:
+            if not yesno:
+                X, y = pairwise_design(_join(*blocks, ex), fit_on)
+                Xh = _join(*hblocks, ex)
+            self.coef, self.intercept = _fit_lr(X, y, C, self.seed, intercept=yesno)
+            accs.append(self._accuracy_from(Xh, held))
+            fitted.append((self.coef, self.intercept))
+            advance(1)
+        return np.array(accs), fitted
 
     def _raw(self, X: Any) -> np.ndarray:
         return np.asarray(X @ self.coef).ravel() + self.intercept
