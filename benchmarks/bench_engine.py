@@ -137,8 +137,8 @@ def bench_throughput(tmp: Path, seconds: float, rpm: int) -> list[str]:
 
 def bench_overhead(tmp: Path, sizes: list[int]) -> list[str]:
     """Client-side CPU per node and per accepted example, the simulator in another process."""
-    from treegen.examples import TaskFormat, write_jsonl
-    from treegen.synthetic import synthetic_pool
+    from treegen.task import TaskFormat, write_jsonl
+    from treegen.sim.pool import synthetic_pool
 
     pool = tmp / "pool.jsonl"
     n_pool = int(max(sizes) * 1.2)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from treegen.examples import Example, dedup_key, load_examples
+from treegen.task import Example, dedup_key, load_examples
 from treegen.prices import ModelPrice, cost_micro, load_price_table, price_for
 from treegen.store import DB_NAME, open_db
 

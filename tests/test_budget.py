@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from treegen.budget import BudgetReached, Caps, Ledger
 from treegen.engine import split_cost
-from treegen.llm import RateLimiter, backoff_seconds
+from treegen.client import RateLimiter, backoff_seconds
 
 
 def test_reservation_that_would_cross_the_cap_is_refused():

@@ -72,7 +72,7 @@ def test_sample_seeds_reproducible(datasets_dir):
 
 
 def test_majority_floor_by_hand():
-    from treegen.examples import Example
+    from treegen.task import Example
 
     t = Example("q", ("True", "False"), "True")
     f = Example("q", ("True", "False"), "False")

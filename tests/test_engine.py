@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from treegen.cli import app
-from treegen.sim import SimConfig, SimServer
+from treegen.sim.server import SimConfig, SimServer
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from treegen import datasets
 from treegen.cli import app
 from treegen.cli_students import register
-from treegen.examples import dedup_key
+from treegen.task import dedup_key
 from treegen.store import open_db, utcnow
 
 if "train" not in {c.name for c in app.registered_commands}:

@@ -12,7 +12,7 @@ import httpx
 
 from treegen.budget import Caps
 from treegen.engine import Engine, RunConfig, create_run
-from treegen.examples import example_from_dict
+from treegen.task import example_from_dict
 from treegen.store import open_db
 from treegen.tokens import count_messages
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from factories import SCENARIO, build_run
 from treegen.errors import InputError
-from treegen.examples import TaskFormat, example_from_dict, load_examples
+from treegen.task import TaskFormat, example_from_dict, load_examples
 from treegen.export import export_run, meta_path
 from treegen.lineage import build_tree, depth_profile, export_graphml, subtree_accepted, subtree_cost
 from treegen.store import open_run, run_examples

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from treegen import metrics
 from treegen.datasets import load_split
 from treegen.embedders import get_embedder
-from treegen.examples import Example, dedup_key
+from treegen.task import Example, dedup_key
 from treegen.store import open_db
 
 # ---------------------------------------------------------------- diversity, known answers

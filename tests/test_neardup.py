@@ -52,7 +52,7 @@ def test_bad_dimension_and_threshold_are_config_errors():
 
 
 def test_real_paraphrase_is_caught_and_other_question_is_not(strategyqa_pool):
-    from treegen.examples import load_examples
+    from treegen.task import load_examples
 
     examples, _ = load_examples(strategyqa_pool)
     emb = get_embedder("hashing")

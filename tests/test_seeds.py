@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from treegen.cli import app
-from treegen.examples import (
+from treegen.task import (
     InvalidExample,
     TaskFormat,
     dedup_key,

@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 
 from treegen.embedders import get_embedder
 from treegen.errors import ConfigError, SeedFileError
-from treegen.examples import TaskFormat, dedup_key, example_from_dict, load_examples
+from treegen.task import TaskFormat, dedup_key, example_from_dict, load_examples
 from treegen.parsing import parse_reply
 from treegen.prompts import build_messages
-from treegen.sim import SimConfig, Simulator, SimServer
-from treegen.synthetic import synthetic_pool
+from treegen.sim.server import SimConfig, Simulator, SimServer
+from treegen.sim.pool import synthetic_pool
 from treegen.tokens import count_messages, count_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,7 +281,7 @@ def test_synthetic_labels_are_correct() -> None:
     assert checked > 50
     for ex in synthetic_pool(TaskFormat.parse("yesno_close"), n=1500):
         if ex.question.startswith("Is a") and " a kind of " in ex.question:
-            from treegen.synthetic import TAXONOMY
+            from treegen.sim.pool import TAXONOMY
 
             member = ex.question.split(" a kind of ")[0].split()[-1]
             cat = ex.question.split(" a kind of ")[1].rstrip("?")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from treegen.examples import Example
+from treegen.task import Example
 from treegen.strategies import NodeInfo, StrategyParams, make_strategy
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from treegen import datasets
 from treegen.errors import ConfigError, StudentError
-from treegen.examples import Example
+from treegen.task import Example
 from treegen.students import (
     STUDENTS, LexicalStudent, accuracy, get_student, load_student, min_train_examples, pairwise_design,
 )

@@ -139,7 +139,7 @@ def run(
 ) -> None:
     """Expand a search tree of new labelled examples from SEEDS, under caps."""
     from treegen.engine import RunConfig, create_run, run_engine
-    from treegen.examples import TaskFormat, load_seeds
+    from treegen.task import TaskFormat, load_seeds
     from treegen.presets import resolve_strategy
     from treegen.store import open_db
 
@@ -168,7 +168,7 @@ def run(
     sim = None
     if backend == "sim":
         if sim_pool is not None:
-            from treegen.examples import load_examples
+            from treegen.task import load_examples
 
             load_examples(sim_pool)  # a bad pool is bad input: refuse it now
         sim = {"pool_path": str(sim_pool) if sim_pool else None, "latency_ms": sim_latency_ms,

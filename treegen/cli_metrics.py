@@ -54,7 +54,7 @@ def run_metrics(
     """Measure and (for a run) store; returns (report, info about where it went)."""
     from treegen import metrics
     from treegen.embedders import EMBEDDERS
-    from treegen.examples import load_examples
+    from treegen.task import load_examples
 
     if embedder not in EMBEDDERS:
         raise ConfigError(f"Unknown embedder {embedder!r}. Choose one of: {', '.join(EMBEDDERS)}.")

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from treegen.sim import SimConfig, SimServer
+from treegen.sim.server import SimConfig, SimServer
 
 console = Console()
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from treegen.errors import DatasetError
-from treegen.examples import Example, InvalidExample, TaskFormat, example_from_dict, iter_jsonl
+from treegen.task import Example, InvalidExample, TaskFormat, example_from_dict, iter_jsonl
 
 GROUPS: dict[str, list[str]] = {
     "mcqa_2": ["piqa", "winogrande"],

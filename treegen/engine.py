@@ -37,8 +37,8 @@ from treegen import prices as price_mod
 from treegen.budget import BudgetReached, Caps, Ledger, Reservation
 from treegen.embedders import get_embedder
 from treegen.errors import BackendError, ConfigError, InputError
-from treegen.examples import Example, InvalidExample, TaskFormat, dedup_key, example_from_dict
-from treegen.llm import AttemptFailure, ChatClient, ChatReply, RateLimiter, backoff_seconds
+from treegen.task import Example, InvalidExample, TaskFormat, dedup_key, example_from_dict
+from treegen.client import AttemptFailure, ChatClient, ChatReply, RateLimiter, backoff_seconds
 from treegen.parsing import parse_reply
 from treegen.prompts import build_messages
 from treegen.store import DB_NAME, open_db, open_run, node_example, run_row, utcnow
@@ -617,7 +617,7 @@ class Engine:
         base_url = self.cfg.base_url
         sim_server = None
         if self.cfg.backend == "sim":
-            from treegen.sim import SimConfig, SimServer
+            from treegen.sim.server import SimConfig, SimServer
 
             sim_server = SimServer(SimConfig(**(self.cfg.sim or {}))).start()
             base_url = sim_server.base_url

@@ -18,7 +18,7 @@ import sqlite_utils
 
 from treegen import datasets
 from treegen.errors import StudentError
-from treegen.examples import Example, TaskFormat, load_examples
+from treegen.task import Example, TaskFormat, load_examples
 from treegen.store import DB_NAME, open_db, open_run, run_examples, run_row, utcnow
 from treegen.students import get_student, load_student, min_train_examples
 

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import sqlite_utils
 
 from treegen.errors import InputError
-from treegen.examples import write_jsonl
+from treegen.task import write_jsonl
 from treegen.store import node_example, run_row, utcnow
 
 

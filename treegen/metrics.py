@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from treegen.errors import InputError
-from treegen.examples import YESNO_OPTIONS, Example, dedup_key
+from treegen.task import YESNO_OPTIONS, Example, dedup_key
 from treegen.neardup import NearDuplicateIndex
 
 # Defaults; each is a parameter of `measure` and is recorded with the figure it produced.
@@ -384,7 +384,7 @@ def load_reference(
     performance.
     """
     from treegen.datasets import get_task, load_split
-    from treegen.examples import load_examples
+    from treegen.task import load_examples
 
     if not task and not reference_file:
         raise InputError(

@@ -6,7 +6,7 @@ chatter around and between, trailing commas, or cut off by the token limit. Rath
 regexes on whole objects (which break on braces inside strings), one pass of a
 brace-matching scanner that respects JSON strings and escapes finds every ``{...}`` span and
 how they nest; each span is then parsed on its own, so one broken object never hides the
-others. Field validation is not done here (``treegen.examples.example_from_dict`` does it).
+others. Field validation is not done here (``treegen.task.example_from_dict`` does it).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from treegen.examples import Example, TaskFormat
+from treegen.task import Example, TaskFormat
 
 SYSTEM_PROMPT = (
     "You create training examples for a machine-learning task. Each example is one JSON object "

@@ -14,7 +14,7 @@ import sqlite_utils
 
 from treegen import migrations
 from treegen.errors import RunNotFoundError
-from treegen.examples import Example
+from treegen.task import Example
 
 DB_NAME = "treegen.db"
 

@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from treegen.errors import ConfigError, StudentError
-from treegen.examples import YESNO_OPTIONS, Example, TaskFormat
+from treegen.task import YESNO_OPTIONS, Example, TaskFormat
 
 META_FILE = "treegen_student.json"
 META_VERSION = 1

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from treegen.errors import StudentError
-from treegen.examples import Example, TaskFormat
+from treegen.task import Example, TaskFormat
 from treegen.students import argmax_options, check_train, is_yesno, progress_bar, read_meta, write_meta
 
 YESNO_LABELS = ("True", "False")  # class 0 = True, class 1 = False: scores come out in option order

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from treegen.examples import Example
+from treegen.task import Example
 
 
 @dataclass(frozen=True)

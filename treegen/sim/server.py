@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from treegen.errors import ConfigError
-from treegen.examples import Example, InvalidExample, TaskFormat, dedup_key, example_from_dict, load_examples
+from treegen.task import Example, InvalidExample, TaskFormat, dedup_key, example_from_dict, load_examples
 from treegen.prompts import read_prompt
-from treegen.synthetic import synthetic_pool
+from treegen.sim.pool import synthetic_pool
 from treegen.tokens import count_messages, count_text, encoding_name_for_model, get_encoding
 
 SIM_MODEL = "treegen-sim"
@@ -517,7 +517,7 @@ def _cap_tokens(content: str, finish: str, max_tokens: int | None, model: str) -
 def benchmark(pool_path: str | None = None, n_requests: int = 300, k: int = 5) -> dict[str, float]:
     """Pool load time and CPU per reply (no HTTP), prompts built from the pool's own items.
 
-    ``python -c "from treegen.sim import benchmark; print(benchmark('POOL.jsonl'))"``
+    ``python -c "from treegen.sim.server import benchmark; print(benchmark('POOL.jsonl'))"``
     """
     from treegen.prompts import build_messages
 

@@ -14,7 +14,7 @@ import random
 from typing import Callable
 
 from treegen.errors import InputError
-from treegen.examples import YESNO_OPTIONS, Example, TaskFormat, dedup_key, normalise_text
+from treegen.task import YESNO_OPTIONS, Example, TaskFormat, dedup_key, normalise_text
 
 MAX_OPTIONS = 8
 
