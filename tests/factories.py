@@ -17,7 +17,7 @@ from typing import Any
 
 from treegen.task import Example, dedup_key, load_examples
 from treegen.prices import ModelPrice, cost_micro, load_price_table, price_for
-from treegen.store import DB_NAME, open_db
+from treegen.store import DB_NAME, RunStore, node_row
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -80,44 +80,33 @@ def build_run(
     """Create ``folder/treegen.db`` holding the SCENARIO run; returns the database path."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / DB_NAME
-    db = open_db(path)
     price = price_for(model, load_price_table())
     assert isinstance(price, ModelPrice)
     ex = strategyqa(3 + 9)
     seeds, pool = ex[:3], ex[3:]
     caps = {"max_usd_micro": 5000, "max_tokens": 20000, "max_calls": 10, "target": 10, "max_depth": 3, "max_seconds": 600}
-    db["runs"].insert(
-        {
-            "id": run_id, "created_at": _ts(0), "updated_at": _ts(120), "status": status,
-            "stop_reason": stop_reason, "simulated": int(simulated), "task_format": "yesno_close",
-            "strategy": "tree", "model": model, "base_url": None, "seed": 0,
-            "config": json.dumps({
-                "caps": caps, "k": 3, "temperature": 1.0,
-                "price": asdict(price),  # as the engine's RunConfig stores it
-            }),
-        }
-    )
-    node_id = 0
+    store = RunStore.create(path, {
+        "id": run_id, "created_at": _ts(0), "updated_at": _ts(120), "status": status,
+        "stop_reason": stop_reason, "simulated": int(simulated), "task_format": "yesno_close",
+        "strategy": "tree", "model": model, "base_url": None, "seed": 0,
+        "config": json.dumps({
+            "caps": caps, "k": 3, "temperature": 1.0,
+            "price": asdict(price),  # as the engine's RunConfig stores it
+        }),
+    }, seeds)  # the seeds are nodes 1-3, with the run's strategy, as the engine writes them
+    node_id = len(seeds)
+    pending_nodes: list[dict[str, Any]] = []
 
     def add_node(**row: Any) -> int:
         nonlocal node_id
         node_id += 1
         ex_: Example | None = row.pop("example", None)
-        full = {
-            "id": node_id, "parent_id": None, "root_id": node_id, "depth": 0, "call_id": None,
-            "strategy": None, "status": "seed", "reason": None, "question": None, "context": None,
-            "options": None, "label": None, "dedup_key": None, "raw": None, "cost_share_micro": 0,
-            "expanded": 0, "created_at": _ts(node_id),
-        }
-        if ex_ is not None:
-            full.update(question=ex_.question, context=ex_.context, options=json.dumps(list(ex_.options)),
-                        label=ex_.label, dedup_key=dedup_key(ex_))
+        full = node_row(ex_, parent_id=None, root_id=node_id, depth=0, call_id=None, strategy="",
+                        status="seed", reason=None)
+        full["created_at"] = _ts(node_id)
         full.update(row)
-        db["nodes"].insert(full)
+        pending_nodes.append(full)
         return node_id
-
-    for s in seeds:
-        add_node(example=s, strategy="tree")  # the engine gives seeds the run's strategy
 
     def add_call(cid: int, status: str, depth: int, parents: list[int], strategy: str = "tree",
                  prompt: int | None = None, completion: int | None = None, cached: int | None = None,
@@ -127,7 +116,7 @@ def build_run(
             cost = cost_micro(price, prompt or 0, completion or 0, cached or 0)
         elif status == "error":
             cost = 0
-        db["calls"].insert({
+        store.insert_call({
             "id": cid, "created_at": _ts(10 * cid), "parent_node_ids": json.dumps(parents), "depth": depth,
             "strategy": strategy, "attempt": 1, "request_key": f"req-{cid}", "model": model, "status": status,
             "http_status": http_status, "error": "rate limited" if status == "error" else None,
@@ -140,13 +129,18 @@ def build_run(
         })
         return cost
 
+    roots: dict[int, int] = {i + 1: i + 1 for i in range(len(seeds))}
+
     def candidates(cid: int, cost: int, parent: int, depth: int, strategy: str, items: list[dict[str, Any]]) -> list[int]:
-        root = db["nodes"].get(parent)["root_id"]
+        root = roots[parent]
         ids = []
         for share, item in zip(_shares(cost, len(items)), items):
             ids.append(add_node(parent_id=parent, root_id=root, depth=depth, call_id=cid, strategy=strategy,
                                 cost_share_micro=share, **item))
-        db["calls"].update(cid, {"n_parsed": len(items), "n_accepted": sum(i["status"] == "accepted" for i in items)})
+            roots[ids[-1]] = root
+        store.record_reply(cid, {"n_parsed": len(items), "n_accepted": sum(i["status"] == "accepted" for i in items)},
+                           pending_nodes, [])
+        pending_nodes.clear()
         return ids
 
     c1 = add_call(1, "ok", 1, [1], prompt=1000, completion=500, cached=0, reserved_micro=1000, reserved_tokens=2000)
@@ -174,6 +168,5 @@ def build_run(
     ])
     add_call(6, "lost", 2, [d], reserved_micro=700, reserved_tokens=1800)
     add_call(7, "pending", 3, [node_id - 3], reserved_micro=950, reserved_tokens=1900)
-    db.conn.commit()
-    db.close()
+    store.close()
     return path

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -178,3 +180,79 @@ def _ends(objects: list[dict]) -> list[int]:
         ends.append(pos)
         pos += 1
     return ends
+
+
+# -- structured output, closed-book candidates, hostile replies --
+
+def test_structured_output_wrapper_with_closed_book_candidates() -> None:
+    """{"examples": [...]} as response_format json_schema returns it; no "context" keys."""
+    from treegen.task import TaskFormat, example_from_dict
+
+    closed = [{"question": "Can a penguin fly?", "options": ["True", "False"], "label": "False"},
+              {"question": "Is water wet?", "options": ["True", "False"], "label": True}]
+    for text in (json.dumps({"examples": closed}), json.dumps({"examples": closed}, indent=2)):
+        cands = parse_reply(text)
+        assert objs(cands) == closed and errors(cands) == []
+        examples = [example_from_dict(o, TaskFormat.parse("yesno_close")) for o in objs(cands)]
+        assert [e.context for e in examples] == [None, None] and examples[1].label == "True"
+
+
+def test_wrapper_is_unwrapped_even_with_an_example_like_key() -> None:
+    # {"label": ...} at the top would make the wrapper itself look like an example.
+    text = json.dumps({"label": "batch 1", "examples": [A, B]})
+    assert objs(parse_reply(text)) == [A, B]
+    assert objs(parse_reply(json.dumps({"examples": []}))) == []
+
+
+def test_duplicate_options_in_a_reply_make_the_candidate_invalid() -> None:
+    from treegen.task import InvalidExample, TaskFormat, example_from_dict
+
+    reply = json.dumps({"examples": [{"question": "Pick", "options": ["A", "a ", "B"], "label": "B"}]})
+    (cand,) = parse_reply(reply)
+    with pytest.raises(InvalidExample) as exc:
+        example_from_dict(cand.obj, TaskFormat.parse("mcqa_3"))
+    assert exc.value.reason == "duplicate-options"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{" * 100_000,
+        "{" * 100_000 + "}" * 100_000,
+        '{"a":' * 100_000 + "1" + "}" * 100_000,
+        "[" * 100_000 + "]" * 100_000,
+        '{"question": ' + "[" * 100_000 + "]" * 100_000 + ', "options": ["a", "b"], "label": "a"}',
+        "[" * 50_000 + "{}" * 25_000,
+        "[" * 50_000 + "}" * 50_000,
+        "{" + "a " * 100_000 + "}",
+        '{"a": "' + '\\"' * 50_000 + '"}',
+    ],
+    ids=["open-braces", "nested-braces", "nested-objects", "nested-arrays", "deep-question",
+         "arrays-then-objects", "arrays-then-closers", "long-words", "escaped-quotes"],
+)
+def test_hostile_nesting_never_raises_and_stays_fast(text: str) -> None:
+    start = time.perf_counter()
+    cands = parse_reply(text)
+    assert time.perf_counter() - start < 5  # quadratic work on 200 KB would take minutes
+    assert all(c.obj is None or isinstance(c.obj, dict) for c in cands)
+
+
+def test_examples_next_to_deep_junk_are_still_found() -> None:
+    text = json.dumps(A) + "\n" + '{"meta": ' * 5_000 + "0" + "}" * 5_000 + "\n" + json.dumps(B)
+    assert objs(parse_reply(text)) == [A, B]
+
+
+def test_huge_numbers_are_a_broken_fragment_not_an_exception() -> None:
+    huge = '{"question": "q", "options": ["a", "b"], "label": ' + "9" * 5_000 + "}"
+    cands = parse_reply(huge + "\n" + json.dumps(A))
+    assert objs(cands) == [A] and errors(cands) == ["invalid-json"]
+
+
+def test_bytes_none_and_lone_surrogates() -> None:
+    assert objs(parse_reply(json.dumps(A).encode())) == [A]
+    assert objs(parse_reply(b"\xff\xfe" + json.dumps(B).encode() + b"\x80")) == [B]
+    assert parse_reply(None) == []
+    cands = parse_reply('{"question": "a\ud800b", "options": ["x", "y"], "label": "x"}')
+    # a raw lone surrogate cannot be stored: replaced, so the candidate and its raw text encode
+    assert objs(cands)[0]["question"] == "a\ufffdb"
+    cands[0].raw.encode("utf-8")

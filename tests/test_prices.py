@@ -64,7 +64,7 @@ def test_table_covers_current_models_and_batch_is_half(table):
         assert p.output >= p.input > 0
         assert p.cached_input <= p.input
         assert (p.batch_input, p.batch_output) == (p.input // 2, p.output // 2)
-    header = (REPO / "budgets" / "prices.toml").read_text()[:1500].lower()
+    header = (REPO / "budgets" / "prices" / "openai.toml").read_text()[:1500].lower()
     assert "2025" in header and "verify" in header and "openai" in header
 
 
@@ -95,7 +95,7 @@ def test_unknown_model_error_says_how_to_fix(table):
     with pytest.raises(UnknownModelPriceError) as exc:
         require_price("llama3:8b", table, None)
     msg = str(exc.value)
-    assert "'llama3:8b'" in msg and "--prices input=" in msg and "budgets/prices.toml" in msg
+    assert "'llama3:8b'" in msg and "--prices input=" in msg and "budgets/prices/openai.toml" in msg
     assert "--max-tokens" in msg and "--max-calls" in msg
     assert exc.value.exit_code == 2
     p = require_price("llama3:8b", table, "input=0.20,output=0.60")
@@ -120,8 +120,8 @@ def test_price_override_parsing():
 
 
 def test_price_table_files(tmp_path):
-    assert find_prices_file(None) == find_prices_file("prices")
-    assert find_prices_file("prices").name == "prices.toml"
+    assert find_prices_file(None) == find_prices_file("openai")
+    assert find_prices_file("openai").name == "openai.toml"
     with pytest.raises(ConfigError, match="No price table named 'nope'"):
         find_prices_file("nope")
     bad = tmp_path / "bad.toml"

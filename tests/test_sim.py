@@ -340,3 +340,121 @@ def test_cli_serve_answers_until_ctrl_c(seeds, monkeypatch) -> None:
     cfg = seen["config"]
     assert (cfg.rpm_limit, cfg.seed, cfg.label_flip_rate, cfg.api_key, cfg.pool_path) == (100, 3, 0.25, "x", pool)
     assert "http://127.0.0.1:" in result.output and "SIMULATED" in result.output and "Served 1 request." in result.output
+
+
+# -- structured outputs ----------------------------------------------------------------------
+
+def _schema(with_context: str | None) -> dict:
+    """The reply schema an engine would send; context: None (absent), "nullable" or "string"."""
+    item: dict = {
+        "type": "object",
+        "properties": {"question": {"type": "string"}, "options": {"type": "array", "items": {"type": "string"}},
+                       "label": {"type": "string"}},
+        "required": ["question", "options", "label"], "additionalProperties": False,
+    }
+    if with_context:
+        item["properties"]["context"] = {"type": ["string", "null"] if with_context == "nullable" else "string"}
+        item["required"].append("context")
+    return {"type": "object", "properties": {"examples": {"type": "array", "items": item}},
+            "required": ["examples"], "additionalProperties": False}
+
+
+def _json_schema(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "examples", "strict": True, "schema": schema}}
+
+
+def _items(resp, fmt: TaskFormat) -> list[dict]:
+    reply = json.loads(resp.choices[0].message.content)  # ONE JSON object, nothing around it
+    assert set(reply) == {"examples"}
+    for obj in reply["examples"]:
+        example_from_dict(obj, fmt)
+    return reply["examples"]
+
+
+def test_structured_reply_in_both_dialects(srv, seeds) -> None:
+    messages = build_messages(seeds[:1], YESNO_CLOSE, 4)
+    c = client(srv)
+    openai_style = c.chat.completions.create(model=MODEL, messages=messages, response_format=_json_schema(_schema(None)))
+    items = _items(openai_style, YESNO_CLOSE)
+    assert len(items) == 4 and all("context" not in it for it in items)  # the schema has none
+    text = openai_style.choices[0].message.content
+    assert openai_style.usage.completion_tokens == count_text(text, MODEL)
+    # llama.cpp's dialect: the schema inside a json_object response_format (the SDK types
+    # do not allow it, so it goes as extra_body).
+    llama = c.chat.completions.create(
+        model=MODEL, messages=messages, extra_body={"response_format": {"type": "json_object", "schema": _schema(None)}}
+    )
+    assert llama.choices[0].message.content == text  # the same request, the same examples
+    nullable = _items(c.chat.completions.create(
+        model=MODEL, messages=messages, response_format=_json_schema(_schema("nullable"))), YESNO_CLOSE)
+    assert all("context" in it and it["context"] is None for it in nullable)
+    plain = _items(c.chat.completions.create(model=MODEL, messages=messages, response_format={"type": "json_object"}),
+                   YESNO_CLOSE)
+    assert len(plain) == 4
+    text_mode = ask(srv, seeds[:1], YESNO_CLOSE, k=4, response_format={"type": "text"})
+    assert len(parse_reply(text_mode.choices[0].message.content)) == 4
+
+
+def test_structured_reply_keeps_open_book_contexts(srv) -> None:
+    fmt = TaskFormat.parse("mcqa_4_open")
+    seed = synthetic_pool(fmt, n=5, seed=4)[0]
+    resp = client(srv).chat.completions.create(
+        model=MODEL, messages=build_messages([seed], fmt, 3), response_format=_json_schema(_schema("string"))
+    )
+    items = _items(resp, fmt)
+    assert len(items) == 3 and all(isinstance(it["context"], str) and it["context"] for it in items)
+
+
+@pytest.mark.parametrize("refused", [["json_schema"], ["json_schema", "json_object"]])
+def test_refused_response_format_is_a_400_naming_it(refused, seeds) -> None:
+    with SimServer(SimConfig(refuse_response_format=refused)) as server:
+        c = client(server)
+        messages = build_messages(seeds[:1], YESNO_CLOSE, 2)
+        for kind, fmt in (("json_schema", _json_schema(_schema(None))), ("json_object", {"type": "json_object"})):
+            if kind in refused:
+                with pytest.raises(openai.BadRequestError) as info:
+                    c.chat.completions.create(model=MODEL, messages=messages, response_format=fmt)
+                error = info.value.response.json()["error"]
+                assert "response_format" in error["message"] and kind in error["message"]
+                assert error["param"] == "response_format" and error["type"] == "invalid_request_error"
+            else:
+                assert len(_items(c.chat.completions.create(model=MODEL, messages=messages, response_format=fmt),
+                                  YESNO_CLOSE)) == 2
+        # The engine's fallback: the same request without response_format is answered.
+        assert len(parse_reply(c.chat.completions.create(model=MODEL, messages=messages).choices[0].message.content)) == 2
+
+
+def test_content_faults_apply_in_structured_mode(seeds) -> None:
+    sample = seeds[:8]
+
+    def replies(**rates) -> list[tuple[str, str]]:
+        sim = Simulator(SimConfig(**rates))
+        out = []
+        for ex in sample:
+            body = json.dumps({"model": MODEL, "messages": build_messages([ex], YESNO_CLOSE, 5),
+                               "response_format": _json_schema(_schema(None))}).encode()
+            status, _, payload = sim.handle("POST", "/v1/chat/completions", {}, body)
+            assert status == 200
+            choice = json.loads(payload)["choices"][0]
+            out.append((choice["message"]["content"], choice["finish_reason"]))
+        return out
+
+    def not_json(text: str) -> bool:
+        try:
+            json.loads(text)
+            return False
+        except json.JSONDecodeError:
+            return True
+
+    clean = [json.loads(t)["examples"] for t, _ in replies()]
+    assert all(len(items) == 5 for items in clean)
+    for text, finish in replies(truncate_rate=1.0):
+        assert finish == "length" and not_json(text) and parse_reply(text)[-1].error == "truncated"
+    assert all(not_json(t) for t, _ in replies(malformed_rate=1.0))
+    assert all(len(json.loads(t)["examples"]) != 5 for t, _ in replies(wrong_count_rate=1.0))
+    for items, (text, _) in zip(clean, replies(label_flip_rate=1.0)):
+        flipped = json.loads(text)["examples"]
+        assert all(a["label"] != b["label"] for a, b in zip(items, flipped))
+    for ex, (text, _) in zip(sample, replies(duplicate_rate=1.0)):
+        keys = {dedup_key(example_from_dict(it)) for it in json.loads(text)["examples"]}
+        assert keys == {dedup_key(ex)}

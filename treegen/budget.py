@@ -11,6 +11,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from treegen.prices import ModelPrice
+
+# The flag that sets each cap, for messages and tables.
+CAP_FLAGS = {
+    "max_usd_micro": "max-usd", "max_tokens": "max-tokens", "max_calls": "max-calls",
+    "target": "target", "max_depth": "max-depth", "max_seconds": "max-seconds",
+}
 
 
 @dataclass
@@ -24,6 +34,11 @@ class Caps:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @staticmethod
+    def flag(name: str) -> str:
+        """The command-line flag of a cap field (``max_usd_micro`` -> ``max-usd``)."""
+        return CAP_FLAGS[name]
 
     @classmethod
     def from_dict(cls, data: dict) -> "Caps":
@@ -47,10 +62,15 @@ class Caps:
 
 
 class BudgetReached(Exception):
-    """A reservation that would cross a cap; ``reason`` names the cap."""
+    """A reservation that would cross a cap; ``reason`` names the cap.
 
-    def __init__(self, reason: str):
+    ``final`` when waiting cannot help (target, time, calls); a dollar or token cap may fit
+    again once the requests in flight have settled below their reservations.
+    """
+
+    def __init__(self, reason: str, final: bool = True):
         self.reason = reason
+        self.final = final
         super().__init__(reason)
 
 
@@ -110,10 +130,11 @@ class Ledger:
         if c.max_usd_micro is not None and self.spent_micro + self.held_micro + micro > c.max_usd_micro:
             raise BudgetReached(
                 f"dollar cap of ${c.max_usd_micro / 1e6:g} reached "
-                f"(the next request could cost up to ${micro / 1e6:.6f})"
+                f"(the next request could cost up to ${micro / 1e6:.6f})", final=False,
             )
         if c.max_tokens is not None and self.spent_tokens + self.held_tokens + tokens > c.max_tokens:
-            raise BudgetReached(f"token cap of {c.max_tokens:,} reached (the next request could use {tokens:,})")
+            raise BudgetReached(f"token cap of {c.max_tokens:,} reached (the next request could use {tokens:,})",
+                                final=False)
         self.calls += 1
         self.held_micro += micro
         self.held_tokens += tokens
@@ -141,3 +162,68 @@ class Ledger:
         self.held_tokens -= r.tokens
         self.held_examples -= r.examples
         self.calls -= 1
+
+
+def afford_max_tokens(ledger: Ledger, price: "ModelPrice | None", prompt_tokens: int, max_tokens: int,
+                      floor: int) -> int:
+    """The largest completion budget (at most ``max_tokens``) that the dollar and token caps
+    still afford after ``prompt_tokens``; at least ``floor`` (so that the request can still
+    hold its examples), else BudgetReached (not final while requests are in flight).
+
+    This is what lets a run end with less than one worst-case request of its cap unspent.
+    """
+    from treegen.prices import PER_TOKENS
+
+    c = ledger.caps
+    best = max_tokens
+    if c.max_tokens is not None:
+        best = min(best, c.max_tokens - ledger.spent_tokens - ledger.held_tokens - prompt_tokens)
+    if c.max_usd_micro is not None and price is not None:
+        left = c.max_usd_micro - ledger.spent_micro - ledger.held_micro
+        prompt_cost = -(-prompt_tokens * price.input // PER_TOKENS)
+        if price.output > 0:
+            # tokens t with ceil((prompt*in + t*out) / 1M) <= left
+            best = min(best, ((left * PER_TOKENS) - prompt_tokens * price.input) // price.output)
+        elif prompt_cost > left:
+            best = -1
+    if best < floor:
+        which = "token" if c.max_tokens is not None and best < floor and (
+            c.max_tokens - ledger.spent_tokens - ledger.held_tokens - prompt_tokens) < floor else "dollar"
+        cap = f"${c.max_usd_micro / 1e6:g}" if which == "dollar" and c.max_usd_micro is not None else (
+            f"{c.max_tokens:,}" if c.max_tokens is not None else "")
+        raise BudgetReached(f"{which} cap of {cap} reached (what is left affords fewer than {floor} "
+                            "completion tokens for the next request)", final=False)
+    return best
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a reply is counted at: the server's usage (the bill), or ours when it sent none."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micro: int
+    anomaly: str | None  # why the reported usage cannot be right for this request, or None
+
+
+def reconcile_usage(price: "ModelPrice | None", prompt_tokens: int | None, completion_tokens: int | None,
+                    cached_tokens: int, text: str, model: str, reserved_prompt: int, max_tokens: int,
+                    local_prompt: int) -> Usage:
+    """The usage and cost of one reply (pure). A server that reports no usage is counted by
+    us, at worst the reservation. Reported usage is recorded as reported (that is the bill);
+    usage that the request could not have used is flagged as an anomaly."""
+    from treegen.prices import cost_micro
+    from treegen.tokens import count_text
+
+    anomaly = None
+    if prompt_tokens is None or completion_tokens is None:
+        prompt_tokens = reserved_prompt
+        completion_tokens = min(count_text(text, model), max_tokens)
+    else:
+        if completion_tokens > max_tokens + 2:
+            anomaly = (f"it reported {completion_tokens:,} completion tokens for a request limited to "
+                       f"max_tokens={max_tokens:,}")
+        elif prompt_tokens > 4 * max(local_prompt, 1) + 1024:
+            anomaly = f"it reported {prompt_tokens:,} prompt tokens for a prompt we count at {local_prompt:,}"
+    cost = cost_micro(price, prompt_tokens, completion_tokens, cached_tokens) if price else 0
+    return Usage(prompt_tokens, completion_tokens, cost, anomaly)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -34,13 +34,30 @@ def serve_cmd(
     duplicate_rate: float = typer.Option(0.0, "--duplicate-rate", help="Per item: chance it repeats an in-context or earlier item."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Require this bearer key (others get 401)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random choice."),
+    refuse_response_format: Optional[List[str]] = typer.Option(
+        None, "--refuse-response-format",
+        help="Answer 400 to this response_format type (json_schema, json_object); repeat, or separate with commas.",
+    ),
+    ignore_max_tokens: bool = typer.Option(False, "--ignore-max-tokens", help="Hostile: reply far past max_tokens and report that usage."),
+    usage_inflate: int = typer.Option(0, "--usage-inflate", help="Hostile: report this many completion tokens (0: the true count)."),
+    body_fault: Optional[str] = typer.Option(None, "--body-fault", help="Hostile: a 200 whose body is html, empty or notjson."),
+    body_fault_rate: float = typer.Option(1.0, "--body-fault-rate", help="Share of replies with the --body-fault."),
+    hang_rate: float = typer.Option(0.0, "--hang-rate", help="Hostile: share of requests never answered (held until the client gives up)."),
+    echo_auth: bool = typer.Option(False, "--echo-auth", help="Hostile: error bodies quote the request's Authorization header."),
+    batch_delay_s: float = typer.Option(0.0, "--batch-delay-s", help="Batch API: seconds from create to completed (0: the next retrieve)."),
+    batch_fail_rate: float = typer.Option(0.0, "--batch-fail-rate", help="Batch API: per request, chance of an error line (status 500)."),
+    batch_expire_rate: float = typer.Option(0.0, "--batch-expire-rate", help="Batch API: per request, chance it expires (batch_expired)."),
 ) -> None:
     """Serve simulated chat completions at http://HOST:PORT/v1 until Ctrl-C."""
+    refused = [t.strip() for item in refuse_response_format or [] for t in item.split(",") if t.strip()]
     config = SimConfig(
         pool_path=str(pool) if pool else None, latency_ms=latency_ms, jitter_ms=jitter_ms, rpm_limit=rpm,
         tpm_limit=tpm, error_rate=error_rate, timeout_rate=timeout_rate, hang_seconds=hang_seconds,
         malformed_rate=malformed_rate, truncate_rate=truncate_rate, wrong_count_rate=wrong_count_rate,
         label_flip_rate=label_flip_rate, duplicate_rate=duplicate_rate, api_key=api_key, seed=seed,
+        refuse_response_format=refused, ignore_max_tokens=ignore_max_tokens, usage_inflate=usage_inflate,
+        body_fault=body_fault, body_fault_rate=body_fault_rate, hang_rate=hang_rate, echo_auth=echo_auth,
+        batch_delay_s=batch_delay_s, batch_fail_rate=batch_fail_rate, batch_expire_rate=batch_expire_rate,
     )
     server = SimServer(config, host, port)  # loads the pool: SeedFileError / ConfigError exit 2
     source = f"pool {pool} ({server.simulator.pool_format})" if pool else "synthetic pools"

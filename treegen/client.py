@@ -14,7 +14,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import socket
+from urllib.parse import urlparse
+
+
 import openai
 
 from treegen.errors import BackendError
@@ -44,7 +47,7 @@ class ChatReply:
 class AttemptFailure(Exception):
     """One HTTP attempt that failed. ``retryable`` failures are retried by the engine."""
 
-    kind: str  # "timeout", "connection", "rate-limit", "server", "fatal"
+    kind: str  # "timeout", "connection", "refused", "bad-body", "rate-limit", "server", "fatal"
     message: str
     http_status: int | None = None
     retry_after: float | None = None
@@ -59,6 +62,12 @@ class AttemptFailure(Exception):
         # The server may have done (and billed) the work when we stopped listening.
         return self.kind in ("timeout", "connection")
 
+    @property
+    def fatal_after_retries(self) -> bool:
+        """A failure that no other request would escape either: the run fails when its retries
+        are used up, instead of moving on to the next node (a closed port, a URL serving HTML)."""
+        return self.kind in ("refused", "bad-body")
+
     def __str__(self) -> str:
         return self.message
 
@@ -69,7 +78,7 @@ def uses_max_completion_tokens(model: str, base_url: str | None) -> bool:
     return official and model.lower().startswith(("o1", "o3", "o4", "gpt-5"))
 
 
-def _retry_after(headers: httpx.Headers | None) -> float | None:
+def _retry_after(headers: Any) -> float | None:
     if not headers:
         return None
     ms = headers.get("retry-after-ms")
@@ -89,7 +98,7 @@ def _retry_after(headers: httpx.Headers | None) -> float | None:
 
 class ChatClient:
     def __init__(self, base_url: str | None, api_key: str | None, model: str, timeout: float = 60.0,
-                 http_client: httpx.AsyncClient | None = None):
+                 http_client: Any = None):
         self.model = model
         self.base_url = base_url or OPENAI_BASE_URL
         self._client = openai.AsyncOpenAI(
@@ -112,6 +121,7 @@ class ChatClient:
         top_p: float | None,
         seed: int | None,
         timeout: float,
+        response_format: dict[str, Any] | None = None,
     ) -> ChatReply:
         params: dict[str, Any] = {"model": self.model, "messages": messages, "timeout": timeout}
         if uses_max_completion_tokens(self.model, self.base_url):
@@ -124,19 +134,29 @@ class ChatClient:
             params["top_p"] = top_p
         if seed is not None:
             params["seed"] = seed
+        if response_format is not None:
+            params["response_format"] = response_format
         try:
             raw = await self._client.chat.completions.with_raw_response.create(**params)
         except openai.APITimeoutError as exc:
             raise AttemptFailure("timeout", f"no answer within {timeout:g} s") from exc
         except openai.APIConnectionError as exc:
-            if isinstance(exc.__cause__, httpx.ConnectError):
-                # Nothing reached the server, so nothing can have been billed.
-                raise AttemptFailure("refused", f"could not connect to {self.base_url}") from exc
-            raise AttemptFailure("connection", f"could not reach {self.base_url}: {exc}") from exc
+            # The SDK says only "connection error": whether the request reached the server
+            # decides whether it can have been billed, so ask the port directly.
+            if not await asyncio.to_thread(port_accepts, self.base_url):
+                raise AttemptFailure(
+                    "refused", f"could not connect to {self.base_url}: is the server running?") from exc
+            raise AttemptFailure("connection", f"the connection to {self.base_url} broke: {exc}") from exc
         except openai.APIStatusError as exc:
             raise _status_failure(exc, self.base_url, self.model) from exc
-        completion = raw.parse()
         request_id = raw.headers.get("x-request-id")
+        try:
+            completion = raw.parse()
+            if isinstance(completion, (str, bytes)) or not hasattr(completion, "choices"):
+                raise ValueError("not a chat completion")
+        except Exception as exc:  # noqa: BLE001 - any body that is not a chat completion
+            raise AttemptFailure("bad-body", _bad_body_message(self.base_url, raw), raw.status_code, None,
+                                 request_id) from exc
         if not completion.choices:
             raise AttemptFailure("server", "the server answered with no choices", raw.status_code, None, request_id)
         choice = completion.choices[0]
@@ -154,6 +174,30 @@ class ChatClient:
             model=completion.model,
             system_fingerprint=getattr(completion, "system_fingerprint", None),
         )
+
+
+def port_accepts(base_url: str, timeout: float = 2.0) -> bool:
+    """True when the URL's host and port accept a TCP connection."""
+    parsed = urlparse(base_url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "localhost", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _bad_body_message(base_url: str, raw: Any) -> str:
+    try:
+        body = raw.http_response.text
+    except Exception:  # noqa: BLE001
+        body = ""
+    head = body.lstrip()[:120].replace("\n", " ")
+    kind = "HTML" if head.lower().startswith(("<!doctype", "<html")) else ("an empty body" if not head else "text")
+    what = kind if kind != "text" else f"text ({head!r})"
+    if kind == "HTML":
+        what = f"HTML ({head[:60]!r})"
+    return f"the server at {base_url} answered {what}, not a JSON chat completion: check --base-url"
 
 
 def _status_failure(exc: openai.APIStatusError, base_url: str, model: str) -> AttemptFailure:

@@ -143,5 +143,38 @@ def m003_student_results(db: sqlite_utils.Database) -> None:
     db["student_results"].create_index(["student", "task", "dataset"])
 
 
+@migrations()
+def m004_requests_views(db: sqlite_utils.Database) -> None:
+    # Each call's request beside its response, so a run can be audited and replayed: the
+    # messages are stored once in ``prompts`` (deduplicated by hash) and referenced.
+    db["prompts"].create({"hash": str, "messages": str}, pk="hash")
+    db["calls"].add_column("prompt_hash", str, fk="prompts", fk_col="hash")
+    db["calls"].add_column("params", str)  # JSON: max_tokens, temperature, seed, response_format dialect
+    db["calls"].add_column("base_url", str)
+    # parent_id is a node of the same tree (declared for tools such as Datasette).
+    if not any(fk.column == "parent_id" for fk in db["nodes"].foreign_keys):
+        db["nodes"].add_foreign_key("parent_id", "nodes", "id")
+    db.create_view("accepted_examples", """
+        select id, depth, parent_id, root_id, strategy, question, context, options, label,
+               cost_share_micro, novelty, created_at
+        from nodes where status = 'accepted' order by id""")
+    db.create_view("cost_by_depth", """
+        select depth, count(*) as calls,
+               sum(case when cost_micro is not null then cost_micro
+                        when status in ('timeout', 'lost') then coalesce(reserved_micro, 0) else 0 end) as spent_micro,
+               sum(coalesce(n_accepted, 0)) as accepted
+        from calls group by depth order by depth""")
+    db.create_view("cost_by_strategy", """
+        select strategy, count(*) as calls,
+               sum(case when cost_micro is not null then cost_micro
+                        when status in ('timeout', 'lost') then coalesce(reserved_micro, 0) else 0 end) as spent_micro,
+               sum(coalesce(n_accepted, 0)) as accepted
+        from calls group by strategy order by strategy""")
+    db.create_view("calls_by_status", """
+        select status, count(*) as calls, sum(coalesce(prompt_tokens, 0)) as prompt_tokens,
+               sum(coalesce(completion_tokens, 0)) as completion_tokens
+        from calls group by status order by calls desc""")
+
+
 def apply(db: sqlite_utils.Database) -> None:
     migrations.apply(db)

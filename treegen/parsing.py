@@ -16,10 +16,20 @@ import re
 from dataclasses import dataclass, field
 
 EXAMPLE_KEYS = ("question", "options", "label")
+WRAPPER_KEY = "examples"  # structured output: {"examples": [{...}, ...]}
+
+# An object whose objects nest deeper than this is never parsed whole (an example nests one
+# level, a wrapper two or three): only its shallower descendants are. This keeps the work
+# linear on hostile replies such as 100,000 nested braces.
+MAX_OBJECT_HEIGHT = 16
 
 # A broken fragment is reported only if it looks like key/value JSON, so that braces in
-# prose ("{k}", "{}") are not counted as bad candidates.
-_KEY_LIKE = re.compile(r"""["']?[A-Za-z_][\w ]*["']?\s*:""")
+# prose ("{k}", "{}") are not counted as bad candidates. Bounded repeats: no backtracking
+# blow-up on long runs of words.
+_KEY_LIKE = re.compile(r"""["']?[A-Za-z_][\w ]{0,80}["']?[ \t\r\n]{0,40}:""")
+# A JSON string (kept as is) or a comma before a closing bracket (dropped).
+_STRING_OR_TRAILING_COMMA = re.compile(r'("(?:[^"\\]|\\.)*")|,(?=[ \t\r\n]*[}\]])', re.S)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -36,13 +46,27 @@ class _Span:
     start: int
     end: int | None = None  # index after the closing brace; None when the text ends first
     children: list["_Span"] = field(default_factory=list)
+    height: int = 1  # 1 + the largest height among its children
 
 
-def parse_reply(text: str) -> list[Candidate]:
-    """Every example-like object in ``text`` in order, plus broken and cut-off fragments."""
+def parse_reply(text: str | bytes | None) -> list[Candidate]:
+    """Every example-like object in ``text`` in order, plus broken and cut-off fragments.
+
+    Never raises: bytes are decoded as UTF-8 (bad bytes replaced), lone surrogates are
+    replaced by U+FFFD (they could not be stored), and nesting or numbers too large for
+    ``json`` make a fragment "invalid-json" instead of an exception.
+    """
+    if text is None:
+        return []
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", errors="replace")
+    text = _SURROGATE.sub("\ufffd", str(text))
     out: list[Candidate] = []
-    for span in _scan(text):
-        _resolve(text, span, out)
+    todo = list(reversed(_scan(text)))  # depth first, in text order, without recursion
+    while todo:
+        span = todo.pop()
+        children = _resolve(text, span, out)
+        todo.extend(reversed(children))
     return out
 
 
@@ -50,14 +74,22 @@ def looks_like_example(obj: object) -> bool:
     return isinstance(obj, dict) and any(k in obj for k in EXAMPLE_KEYS)
 
 
+def is_wrapper(obj: object) -> bool:
+    """{"examples": [...]}: the examples are its children, not the object itself."""
+    return isinstance(obj, dict) and isinstance(obj.get(WRAPPER_KEY), list) and "question" not in obj
+
+
 def _scan(text: str) -> list[_Span]:
     """Top-level object spans with their nested object spans.
 
     Strings are tracked only inside brackets: prose between objects ("Here's what I made")
-    may hold unbalanced quotes that must not swallow the next object.
+    may hold unbalanced quotes that must not swallow the next object. Each stack entry
+    carries the innermost open object, so every character costs O(1).
     """
     roots: list[_Span] = []
-    stack: list[tuple[str, _Span | None]] = []  # ("{", span) or ("[", None)
+    # (bracket, innermost open object at or below this entry)
+    stack: list[tuple[str, _Span | None]] = []
+    open_objects = 0
     in_string = False
     i, n = 0, len(text)
     while i < n:
@@ -72,60 +104,66 @@ def _scan(text: str) -> list[_Span]:
             in_string = True
         elif ch == "{":
             span = _Span(i)
-            parent = _innermost_object(stack)
+            parent = stack[-1][1] if stack else None
             (parent.children if parent else roots).append(span)
             stack.append(("{", span))
+            open_objects += 1
         elif ch == "[":
-            stack.append(("[", None))
+            stack.append(("[", stack[-1][1] if stack else None))
         elif ch == "}":
             # Pop to the nearest open object; unclosed arrays inside it are dropped.
-            if any(kind == "{" for kind, _ in stack):
+            if open_objects:
                 while stack:
                     kind, span = stack.pop()
                     if kind == "{":
+                        assert span is not None
                         span.end = i + 1
+                        open_objects -= 1
+                        _lift_height(span, stack)
                         break
         elif ch == "]":
             if stack and stack[-1][0] == "[":
                 stack.pop()
         i += 1
+    while stack:  # objects the text ends inside: their heights still reach their parents
+        kind, span = stack.pop()
+        if kind == "{" and span is not None:
+            _lift_height(span, stack)
     return roots
 
 
-def _innermost_object(stack: list[tuple[str, _Span | None]]) -> _Span | None:
-    for kind, span in reversed(stack):
-        if kind == "{":
-            return span
-    return None
+def _lift_height(span: _Span, stack: list[tuple[str, _Span | None]]) -> None:
+    parent = stack[-1][1] if stack else None
+    if parent is not None and parent.height < span.height + 1:
+        parent.height = span.height + 1
 
 
-def _resolve(text: str, span: _Span, out: list[Candidate]) -> None:
+def _resolve(text: str, span: _Span, out: list[Candidate]) -> list[_Span]:
+    """Append what ``span`` itself yields to ``out``; return the children still to resolve."""
     if span.end is None:
         # Cut off by the end of the text. A wrapper ({"examples": [...) keeps its complete
         # children; its own head is reported only if it held example fields itself.
         if not span.children:
             out.append(Candidate(None, text[span.start :], "truncated"))
-            return
+            return []
         _head_fragment(text, span, out)
-        for child in span.children:
-            _resolve(text, child, out)
-        return
+        return span.children
+    if span.height > MAX_OBJECT_HEIGHT:
+        return span.children  # too deep to be an example: only its shallower parts may be
     raw = text[span.start : span.end]
     obj = _loads(raw)
     if isinstance(obj, dict):
-        if looks_like_example(obj):
+        if looks_like_example(obj) and not is_wrapper(obj):
             out.append(Candidate(obj, raw, None))
-        else:
-            # A wrapper object or unrelated metadata: only its example-like children count.
-            for child in span.children:
-                _resolve(text, child, out)
-        return
+            return []
+        # A wrapper object or unrelated metadata: only its example-like children count.
+        return span.children
     if span.children:
         _head_fragment(text, span, out)
-        for child in span.children:
-            _resolve(text, child, out)
-    elif _KEY_LIKE.search(raw):
+        return span.children
+    if _KEY_LIKE.search(raw):
         out.append(Candidate(None, raw, "invalid-json"))
+    return []
 
 
 def _head_fragment(text: str, span: _Span, out: list[Candidate]) -> None:
@@ -136,44 +174,21 @@ def _head_fragment(text: str, span: _Span, out: list[Candidate]) -> None:
 
 
 def _loads(raw: str) -> object:
+    """The parsed value, or None. RecursionError (deep arrays) and ValueError (an integer of
+    more than 4,300 digits) are failures to parse like any other."""
     try:
         return json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
         pass
     fixed = _drop_trailing_commas(raw)
     if fixed != raw:
         try:
             return json.loads(fixed)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             pass
     return None
 
 
 def _drop_trailing_commas(raw: str) -> str:
     """Remove commas followed (after white space) by a closing bracket, outside strings."""
-    out: list[str] = []
-    in_string = False
-    i, n = 0, len(raw)
-    while i < n:
-        ch = raw[i]
-        if in_string:
-            out.append(ch)
-            if ch == "\\" and i + 1 < n:
-                out.append(raw[i + 1])
-                i += 2
-                continue
-            if ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-            out.append(ch)
-        elif ch == ",":
-            j = i + 1
-            while j < n and raw[j] in " \t\r\n":
-                j += 1
-            if j >= n or raw[j] not in "}]":
-                out.append(ch)
-        else:
-            out.append(ch)
-        i += 1
-    return "".join(out)
+    return _STRING_OR_TRAILING_COMMA.sub(lambda m: m.group(1) or "", raw)

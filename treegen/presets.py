@@ -24,7 +24,8 @@ PRESET_KEYS = {
 
 
 def preset_dirs() -> list[Path]:
-    return [Path.cwd() / "strategies", Path(treegen.__file__).resolve().parents[1] / "strategies"]
+    """./strategies (the user's, or the repository's editable copy), then the shipped defaults."""
+    return [Path.cwd() / "strategies", Path(treegen.__file__).resolve().parent / "defaults" / "strategies"]
 
 
 def list_presets() -> dict[str, Path]:

@@ -36,9 +36,14 @@ class ModelPrice:
     batch_output: int
 
 
+DEFAULTS_DIR = Path(treegen.__file__).resolve().parent / "defaults"  # shipped inside the package
+DEFAULT_PRICE_TABLE = "openai"
+
+
 def budget_dirs() -> list[Path]:
-    """Where price tables and budget profiles are looked up: ./budgets, then the repository's."""
-    dirs = [Path.cwd() / "budgets", Path(treegen.__file__).resolve().parents[1] / "budgets"]
+    """Where budget profiles (and, in ``prices/``, price tables) are looked up: ./budgets, then
+    the defaults shipped with treegen (the repository's top-level budgets/ is their editable copy)."""
+    dirs = [Path.cwd() / "budgets", DEFAULTS_DIR / "budgets"]
     out: list[Path] = []
     for d in dirs:
         if d.resolve() not in [o.resolve() for o in out]:
@@ -47,19 +52,19 @@ def budget_dirs() -> list[Path]:
 
 
 def find_prices_file(name_or_path: str | None) -> Path:
-    """A price table given by name ("prices") or path; the default is budgets/prices.toml."""
-    name_or_path = name_or_path or "prices"
+    """A price table given by name ("openai", looked up in budgets/prices/) or path."""
+    name_or_path = name_or_path or DEFAULT_PRICE_TABLE
     p = Path(name_or_path)
     if p.suffix == ".toml" or len(p.parts) > 1 or p.is_file():
         if p.is_file():
             return p
-        raise ConfigError(f"Price table {name_or_path} does not exist. Give the path of a TOML price table, e.g. budgets/prices.toml.")
+        raise ConfigError(f"Price table {name_or_path} does not exist. Give the path of a TOML price table, e.g. budgets/prices/openai.toml.")
     for d in budget_dirs():
-        candidate = d / f"{name_or_path}.toml"
+        candidate = d / "prices" / f"{name_or_path}.toml"
         if candidate.is_file():
             return candidate
     where = " or ".join(str(d) for d in budget_dirs())
-    raise ConfigError(f"No price table named {name_or_path!r} in {where}. Give a path to a TOML price table, or use the default 'prices'.")
+    raise ConfigError(f"No price table named {name_or_path!r} in {where} (prices/ below each). Give a path to a TOML price table, or use the default {DEFAULT_PRICE_TABLE!r}.")
 
 
 def _dollars_to_micro(value: object, where: str) -> int:
@@ -168,7 +173,7 @@ def require_price(model: str, table: dict[str, ModelPrice], overrides: ModelPric
     if price is None:
         raise UnknownModelPriceError(
             f"No price known for model {model!r}. A dollar cap needs prices: pass --prices "
-            "input=0.20,output=0.60 (dollars per 1M tokens), add the model to budgets/prices.toml, "
+            "input=0.20,output=0.60 (dollars per 1M tokens), add the model to budgets/prices/openai.toml, "
             "or cap with --max-tokens / --max-calls instead."
         )
     return price

@@ -18,7 +18,6 @@ PROFILE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "max_depth": ((int,), "a whole number of tree levels, e.g. 5"),
     "max_seconds": ((int, float), "seconds, e.g. 600"),
 }
-NOT_PROFILES = {"prices"}  # TOML files in budgets/ that are not budget profiles
 
 
 def list_budget_profiles() -> dict[str, Path]:
@@ -27,8 +26,7 @@ def list_budget_profiles() -> dict[str, Path]:
     for d in budget_dirs():
         if d.is_dir():
             for f in sorted(d.glob("*.toml")):
-                if f.stem not in NOT_PROFILES:
-                    found.setdefault(f.stem, f)
+                found.setdefault(f.stem, f)
     return found
 
 

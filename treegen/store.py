@@ -1,69 +1,124 @@
-"""Run databases: one SQLite file per run, ``<run folder>/treegen.db``, opened through sqlite-utils.
+"""The run database: one SQLite file per run, ``<run folder>/treegen.db``, owned by ``RunStore``.
 
-The database is the complete record of a run; every report is computed from it.
+Every SQL statement treegen runs against a run lives here (the schema itself lives in
+``migrations``). The engine, the reports, the students, the metrics and the tests all read and
+write a run through this class, after simonw/llm's ``LogStore``.
+
+The one rule for what a run has *spent* (``SPENT_MICRO_SQL``): the reconciled cost of every
+call whose billing is known, plus the whole reservation of calls whose billing is unknown
+(a timeout, a call lost in a crash). Calls still pending are in flight: held, not spent.
+
+Read-only commands open the file read-only (``RunStore.open(path, readonly=True)``): they
+never migrate, never switch the journal mode, never write. A SQLite file that is not a
+treegen run is refused before anything touches it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sqlite3
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator, Sequence
 
 import sqlite_utils
 
 from treegen import migrations
-from treegen.errors import RunNotFoundError
-from treegen.task import Example
+from treegen.errors import DiskFullError, RunDamagedError, RunNotFoundError
+from treegen.task import Example, dedup_key
 
 DB_NAME = "treegen.db"
+
+
+class RunStatus:
+    """What ``runs.status`` holds."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    BUDGET = "stopped: budget reached"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+
+
+class CallStatus:
+    """What ``calls.status`` holds."""
+
+    PENDING = "pending"  # written before sending; a crash leaves it, resume marks it lost
+    OK = "ok"
+    ERROR = "error"  # the server answered with an error: nothing billed
+    TIMEOUT = "timeout"  # no answer: billing unknown, the reservation stays counted
+    LOST = "lost"  # the process died while it was in flight: billing unknown
+    REFUSED = "refused"  # never reached a server (connection refused): nothing billed
+    ANOMALY = "usage-anomaly"  # the server reported more usage than was asked for: billed as reported
+    BATCHED = "batched"  # part of a Batch job still in flight (reserved, not settled)
+
+
+class NodeStatus:
+    SEED = "seed"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+UNKNOWN_BILLING = (CallStatus.TIMEOUT, CallStatus.LOST)
+IN_FLIGHT = (CallStatus.PENDING, CallStatus.BATCHED)
+TREE_STATUSES = (NodeStatus.SEED, NodeStatus.ACCEPTED)
+
+# The "spent" rule, once, as SQL over a ``calls`` row, and as a Python function below.
+SPENT_MICRO_SQL = (
+    "case when cost_micro is not null then cost_micro "
+    "when status in ('timeout', 'lost') then coalesce(reserved_micro, 0) else 0 end"
+)
+SPENT_TOKENS_SQL = (
+    "case when prompt_tokens is not null or completion_tokens is not null "
+    "then coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0) "
+    "when status in ('timeout', 'lost') then coalesce(reserved_tokens, 0) else 0 end"
+)
+
+
+def call_spent_micro(call: dict[str, Any]) -> int:
+    """What one call counts against the dollar cap (the same rule as ``SPENT_MICRO_SQL``)."""
+    if call["cost_micro"] is not None:
+        return int(call["cost_micro"])
+    if call["status"] in UNKNOWN_BILLING:
+        return int(call["reserved_micro"] or 0)
+    return 0
+
+
+def call_spent_tokens(call: dict[str, Any]) -> int:
+    """What one call counts against the token cap (the same rule as ``SPENT_TOKENS_SQL``)."""
+    if call["prompt_tokens"] is not None or call["completion_tokens"] is not None:
+        return int((call["prompt_tokens"] or 0) + (call["completion_tokens"] or 0))
+    if call["status"] in UNKNOWN_BILLING:
+        return int(call["reserved_tokens"] or 0)
+    return 0
 
 
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def open_db(path: str | Path) -> sqlite_utils.Database:
-    """Open (creating if needed) a run database and bring its schema up to date."""
-    db = sqlite_utils.Database(str(path))
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives kill -9 of the process
-    db.execute("PRAGMA foreign_keys=ON")
-    migrations.apply(db)
-    return db
+NODE_COLUMNS = (
+    "parent_id", "root_id", "depth", "call_id", "strategy", "status", "reason", "question", "context",
+    "options", "label", "dedup_key", "raw", "cost_share_micro", "expanded", "novelty", "created_at",
+)
+_INSERT_NODE = f"insert into nodes ({', '.join(NODE_COLUMNS)}) values ({', '.join('?' for _ in NODE_COLUMNS)})"
 
 
-def resolve_run_db(path: str | Path) -> Path:
-    """The database of a run given its folder or the database file itself."""
-    p = Path(path)
-    candidate = p / DB_NAME if p.is_dir() else p
-    if not candidate.is_file():
-        raise RunNotFoundError(
-            f"No treegen run at {path}: expected a run folder holding {DB_NAME}. "
-            "List your runs with `ls runs/`, or start one with `treegen run SEEDS.jsonl`."
-        )
-    with candidate.open("rb") as fh:
-        if fh.read(16) != b"SQLite format 3\x00":
-            raise RunNotFoundError(f"{candidate} is not a SQLite database, so not a treegen run.")
-    return candidate
-
-
-def open_run(path: str | Path) -> sqlite_utils.Database:
-    """Open an existing run (folder or database path); RunNotFoundError if there is none."""
-    db = open_db(resolve_run_db(path))
-    if not db["runs"].exists() or db["runs"].count == 0:
-        raise RunNotFoundError(f"{path} is a SQLite database but holds no treegen run.")
-    return db
-
-
-def run_row(db: sqlite_utils.Database) -> dict[str, Any]:
-    """The run's row with ``config`` parsed from JSON."""
-    row = next(db["runs"].rows, None)
-    if row is None:
-        raise RunNotFoundError("This database holds no treegen run.")
-    row = dict(row)
-    row["config"] = json.loads(row["config"] or "{}")
-    return row
+def node_row(ex: Example | None, *, parent_id: int | None, root_id: int | None, depth: int,
+             call_id: int | None, strategy: str, status: str, reason: str | None, raw: str | None = None,
+             cost_share: int = 0, novelty: float | None = None) -> dict[str, Any]:
+    """A ``nodes`` row for an example (or for a reply that held none: ``ex`` None)."""
+    return {
+        "parent_id": parent_id, "root_id": root_id, "depth": depth, "call_id": call_id,
+        "strategy": strategy, "status": status, "reason": reason,
+        "question": ex.question if ex else None, "context": ex.context if ex else None,
+        "options": json.dumps(list(ex.options), ensure_ascii=False) if ex else None,
+        "label": ex.label if ex else None, "dedup_key": dedup_key(ex) if ex else None,
+        "raw": raw, "cost_share_micro": cost_share, "expanded": 0, "novelty": novelty,
+        "created_at": utcnow(),
+    }
 
 
 def node_example(row: dict[str, Any]) -> Example:
@@ -75,9 +130,384 @@ def node_example(row: dict[str, Any]) -> Example:
     )
 
 
-def run_examples(db: sqlite_utils.Database, include_seeds: bool = False) -> list[Example]:
-    """The accepted examples of a run in creation order (seeds too if asked)."""
-    statuses = ("accepted", "seed") if include_seeds else ("accepted",)
-    marks = ",".join("?" for _ in statuses)
-    rows = db.query(f"select * from nodes where status in ({marks}) order by id", statuses)
-    return [node_example(r) for r in rows]
+def resolve_run_db(path: str | Path) -> Path:
+    """The database of a run given its folder or the database file itself."""
+    p = Path(path)
+    candidate = p / DB_NAME if p.is_dir() else p
+    if not candidate.is_file():
+        raise RunNotFoundError(
+            f"No treegen run at {path}: expected a run folder holding {DB_NAME}. "
+            "List your runs with `treegen runs`, or start one with `treegen run SEEDS.jsonl`."
+        )
+    try:
+        with candidate.open("rb") as fh:
+            header = fh.read(16)
+    except OSError as exc:
+        raise RunNotFoundError(f"Cannot read {candidate}: {exc.strerror}.") from None
+    if header != b"SQLite format 3\x00":
+        raise RunDamagedError(candidate, "it does not start with a SQLite header")
+    return candidate
+
+
+@contextmanager
+def _database_errors(path: Path | str) -> Iterator[None]:
+    """sqlite3's errors as treegen's: a damaged file, a full disk."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        text = str(exc).lower()
+        if "disk is full" in text or "database or disk is full" in text:
+            raise DiskFullError(f"disk full while writing {path}: free space, then resume the run") from None
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "readonly" in text):
+            raise
+        if "malformed" in text or "not a database" in text or "file is encrypted" in text or "corrupt" in text:
+            raise RunDamagedError(Path(path), str(exc)) from None
+        raise
+
+
+class RunStore:
+    """One run database. Construct with ``RunStore.create`` or ``RunStore.open``."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool = False):
+        self.conn = conn
+        self.conn.row_factory = sqlite3.Row
+        self.path = path
+        self.readonly = readonly
+        self._tables: set[str] | None = None
+
+    # ---- opening ---------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, run: dict[str, Any], seeds: Sequence[Example]) -> "RunStore":
+        """A new run database with its ``runs`` row and its seed nodes, in one transaction."""
+        path = Path(path)
+        store = cls(sqlite3.connect(str(path), isolation_level=None), path)
+        store._writable_setup()
+        with store.transaction():
+            cols = list(run)
+            store.conn.execute(
+                f"insert into runs ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
+                [run[c] for c in cols])
+            for ex in seeds:
+                row = node_row(ex, parent_id=None, root_id=None, depth=0, call_id=None,
+                               strategy=run.get("strategy") or "", status=NodeStatus.SEED, reason=None)
+                nid = store.conn.execute(_INSERT_NODE, [row[c] for c in NODE_COLUMNS]).lastrowid
+                store.conn.execute("update nodes set root_id = ? where id = ?", [nid, nid])
+        return store
+
+    @classmethod
+    def open(cls, path: str | Path, readonly: bool = False) -> "RunStore":
+        """An existing run (its folder or its database file).
+
+        Refuses, untouched, a file that is not a SQLite database, a damaged one, and a SQLite
+        database that is not a treegen run.
+        """
+        db_path = resolve_run_db(path)
+        with _database_errors(db_path):
+            if readonly:
+                conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
+            else:
+                conn = sqlite3.connect(str(db_path), isolation_level=None)
+            store = cls(conn, db_path, readonly=readonly)
+            try:
+                store._check_is_run(path)
+                if not readonly:
+                    store._writable_setup()
+            except BaseException:
+                conn.close()
+                raise
+        return store
+
+    @classmethod
+    def open_results(cls, folder: str | Path) -> "RunStore":
+        """The database that holds student results: a run's, or one made for --data/--human."""
+        folder = Path(folder)
+        db_path = folder / DB_NAME if folder.suffix != ".db" else folder
+        if db_path.exists():
+            return cls.open(db_path)
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        store = cls(sqlite3.connect(str(db_path), isolation_level=None), db_path)
+        store._writable_setup()
+        return store
+
+    def _check_is_run(self, given: str | Path) -> None:
+        try:
+            names = {r[0] for r in self.conn.execute("select name from sqlite_master where type in ('table','view')")}
+        except sqlite3.DatabaseError as exc:
+            raise RunDamagedError(self.path, str(exc)) from None
+        if "runs" not in names or "nodes" not in names or "calls" not in names:
+            raise RunNotFoundError(
+                f"{given} is a SQLite database but not a treegen run (it has no runs, nodes and calls "
+                "tables); it was not modified. Point at a run folder made by `treegen run`."
+            )
+        try:
+            if self.conn.execute("select count(*) from runs").fetchone()[0] == 0:
+                raise RunNotFoundError(f"{given} is a treegen database but holds no run.")
+            self.conn.execute("pragma quick_check(1)").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise RunDamagedError(self.path, str(exc)) from None
+
+    def _writable_setup(self) -> None:
+        with _database_errors(self.path):
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives kill -9
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.execute("PRAGMA busy_timeout=5000")
+            migrations.apply(sqlite_utils.Database(self.conn))
+        self._tables = None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Everything inside lands together or not at all."""
+        with _database_errors(self.path):
+            self.conn.execute("begin immediate")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("rollback")
+                raise
+            self.conn.execute("commit")
+
+    def has_table(self, name: str) -> bool:
+        if self._tables is None:
+            self._tables = {r[0] for r in self.conn.execute("select name from sqlite_master where type in ('table','view')")}
+        return name in self._tables
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with _database_errors(self.path):
+            return [dict(r) for r in self.conn.execute(sql, params)]
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        with _database_errors(self.path):
+            row = self.conn.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    # ---- the run ---------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """The run's row with ``config`` parsed from JSON."""
+        rows = self._rows("select * from runs limit 1")
+        if not rows:
+            raise RunNotFoundError(f"{self.path} holds no treegen run.")
+        row = rows[0]
+        row["config"] = json.loads(row["config"] or "{}")
+        return row
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+    def save_config(self, config_json: str) -> None:
+        with self.transaction() as c:
+            c.execute("update runs set config = ?, updated_at = ?", [config_json, utcnow()])
+
+    def set_status(self, status: str, reason: str | None, elapsed_seconds: float | None = None) -> None:
+        with self.transaction() as c:
+            if elapsed_seconds is None:
+                c.execute("update runs set status = ?, stop_reason = ?, updated_at = ?", [status, reason, utcnow()])
+            else:
+                c.execute("update runs set status = ?, stop_reason = ?, updated_at = ?, elapsed_seconds = ?",
+                          [status, reason, utcnow(), elapsed_seconds])
+
+    def add_elapsed(self, seconds: float) -> None:
+        """Working time of a session, added as it goes so a killed process's time still counts."""
+        with self.transaction() as c:
+            c.execute("update runs set elapsed_seconds = coalesce(elapsed_seconds, 0) + ?, updated_at = ?",
+                      [seconds, utcnow()])
+
+    def mark_simulated(self) -> None:
+        with self.transaction() as c:
+            c.execute("update runs set simulated = 1")
+
+    # ---- what the ledger needs -------------------------------------------------------
+    def ledger_totals(self) -> dict[str, Any]:
+        """Spent money and tokens by the one rule, calls made, accepted examples, elapsed time."""
+        row = self._rows(
+            f"select coalesce(sum({SPENT_MICRO_SQL}), 0) as micro, coalesce(sum({SPENT_TOKENS_SQL}), 0) as tokens, "
+            "count(*) as calls from calls")[0]
+        row["accepted"] = self.count_nodes(NodeStatus.ACCEPTED)
+        row["elapsed"] = float(self._one("select coalesce(elapsed_seconds, 0) from runs") or 0.0)
+        return row
+
+    def mark_lost_calls(self) -> int:
+        """Calls left pending by a crash: the server may have billed them; keep them counted."""
+        with self.transaction() as c:
+            return c.execute(
+                "update calls set status = 'lost', cost_micro = null, "
+                "error = 'the run stopped before the reply was recorded; counted at its reservation' "
+                "where status = 'pending'").rowcount
+
+    # ---- nodes -----------------------------------------------------------------------
+    def count_nodes(self, status: str) -> int:
+        return int(self._one("select count(*) from nodes where status = ?", [status]))
+
+    def seen_keys(self) -> set[str]:
+        return {r["dedup_key"] for r in self._rows(
+            "select dedup_key from nodes where status in ('seed', 'accepted')")}
+
+    def max_accepted_depth(self) -> int:
+        return int(self._one("select coalesce(max(depth), 0) from nodes where status = 'accepted'") or 0)
+
+    def max_tree_depth(self) -> int:
+        return int(self._one("select coalesce(max(depth), 0) from nodes where status in ('seed', 'accepted')") or 0)
+
+    def nodes(self, statuses: Iterable[str] = TREE_STATUSES) -> list[dict[str, Any]]:
+        """Node rows with the given statuses, in creation order."""
+        statuses = tuple(statuses)
+        marks = ",".join("?" for _ in statuses)
+        return self._rows(f"select * from nodes where status in ({marks}) order by id", statuses)
+
+    def node(self, node_id: int) -> dict[str, Any] | None:
+        rows = self._rows("select * from nodes where id = ?", [node_id])
+        return rows[0] if rows else None
+
+    def examples(self, include_seeds: bool = False) -> list[Example]:
+        """The accepted examples of a run in creation order (seeds too if asked)."""
+        statuses = TREE_STATUSES if include_seeds else (NodeStatus.ACCEPTED,)
+        return [node_example(r) for r in self.nodes(statuses)]
+
+    def node_status_counts(self) -> dict[str, int]:
+        return {r["status"]: r["n"] for r in self._rows("select status, count(*) as n from nodes group by status")}
+
+    def rejection_reasons(self) -> dict[str, int]:
+        return {
+            (r["reason"] or "unknown"): r["n"]
+            for r in self._rows("select reason, count(*) as n from nodes where status = 'rejected' "
+                                "group by reason order by n desc, reason")
+        }
+
+    def node_groups(self, key: str) -> list[dict[str, Any]]:
+        """Nodes counted and costed by (``key``, status), ``key`` being depth or strategy."""
+        if key not in ("depth", "strategy"):
+            raise ValueError(key)
+        return self._rows(f"select {key} as k, status, count(*) as n, coalesce(sum(cost_share_micro), 0) as cost "
+                          f"from nodes group by {key}, status")
+
+    def candidate_counts(self) -> list[dict[str, Any]]:
+        return self._rows("select call_id, status, count(*) as n from nodes where call_id is not null "
+                          "group by call_id, status")
+
+    def mark_expanded(self, node_ids: Sequence[int]) -> None:
+        with self.transaction() as c:
+            c.executemany("update nodes set expanded = coalesce(expanded, 0) + 1 where id = ?", [(i,) for i in node_ids])
+            c.execute("update runs set updated_at = ?", [utcnow()])
+
+    # ---- calls -----------------------------------------------------------------------
+    def calls(self) -> list[dict[str, Any]]:
+        return self._rows("select * from calls order by id")
+
+    def call(self, call_id: int) -> dict[str, Any] | None:
+        rows = self._rows("select * from calls where id = ?", [call_id])
+        return rows[0] if rows else None
+
+    def call_history(self) -> list[dict[str, Any]]:
+        """Every answered call with the ids of the children it had accepted (strategy restore)."""
+        children: dict[int, list[int]] = {}
+        for r in self._rows("select call_id, id from nodes where status = 'accepted' and call_id is not null order by id"):
+            children.setdefault(r["call_id"], []).append(r["id"])
+        return [
+            {"call_id": c["id"], "chain": c["chain"], "parent_ids": json.loads(c["parent_node_ids"] or "[]"),
+             "child_ids": children.get(c["id"], [])}
+            for c in self._rows("select id, chain, parent_node_ids from calls where status = 'ok' order by id")
+        ]
+
+    def request_counts(self) -> dict[tuple[int, ...], int]:
+        """How many distinct requests were made with each set of in-context parents."""
+        return {
+            tuple(json.loads(r["parent_node_ids"] or "[]")): r["n"]
+            for r in self._rows("select parent_node_ids, count(distinct request_key) as n from calls group by parent_node_ids")
+        }
+
+    def insert_call(self, row: dict[str, Any], messages: Sequence[dict[str, Any]] | None = None) -> int:
+        """A new call row (``pending`` before it is sent) with its request, committed at once.
+
+        The messages are stored once per distinct prompt (``prompts``), referenced by hash.
+        """
+        row = dict(row)
+        with self.transaction() as c:
+            if messages is not None:
+                text = json.dumps(list(messages), ensure_ascii=False, sort_keys=True)
+                digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+                c.execute("insert or ignore into prompts (hash, messages) values (?, ?)", [digest, text])
+                row["prompt_hash"] = digest
+            cols = list(row)
+            return int(c.execute(f"insert into calls ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
+                                 [row[k] for k in cols]).lastrowid or 0)
+
+    def prompt_messages(self, prompt_hash: str) -> list[dict[str, Any]] | None:
+        """The messages a call sent (for audit and replay)."""
+        text = self._one("select messages from prompts where hash = ?", [prompt_hash]) if self.has_table("prompts") else None
+        return None if text is None else json.loads(text)
+
+    def update_call(self, call_id: int, fields: dict[str, Any]) -> None:
+        with self.transaction() as c:
+            self._update_call(c, call_id, fields)
+
+    @staticmethod
+    def _update_call(c: sqlite3.Connection, call_id: int, fields: dict[str, Any]) -> None:
+        cols = list(fields)
+        c.execute(f"update calls set {', '.join(f'{k} = ?' for k in cols)} where id = ?",
+                  [fields[k] for k in cols] + [call_id])
+
+    def record_reply(self, call_id: int, call_fields: dict[str, Any], nodes: Sequence[dict[str, Any]],
+                     expanded_ids: Sequence[int], mark_simulated: bool = False) -> list[int]:
+        """A reply, its usage and every candidate node in one transaction; returns the new node ids."""
+        ids: list[int] = []
+        with self.transaction() as c:
+            if mark_simulated:
+                c.execute("update runs set simulated = 1")
+            self._update_call(c, call_id, call_fields)
+            for row in nodes:
+                ids.append(int(c.execute(_INSERT_NODE, [row[k] for k in NODE_COLUMNS]).lastrowid or 0))
+            c.executemany("update nodes set expanded = coalesce(expanded, 0) + 1 where id = ?",
+                          [(i,) for i in expanded_ids])
+            c.execute("update runs set updated_at = ?", [utcnow()])
+        return ids
+
+    def latest_timestamps(self) -> list[str | None]:
+        return [self._one(f"select max(created_at) from {t}") for t in ("calls", "nodes")]
+
+    # ---- metrics and student results -------------------------------------------------
+    def insert_metrics(self, rows: Sequence[dict[str, Any]]) -> int:
+        self._insert_all("metrics", rows)
+        return len(rows)
+
+    def latest_metric(self, name: str) -> float | None:
+        if not self.has_table("metrics"):
+            return None
+        value = self._one("select value from metrics where name = ? order by created_at desc, rowid desc limit 1", [name])
+        return None if value is None else float(value)
+
+    def insert_student_results(self, rows: Sequence[dict[str, Any]]) -> None:
+        self._insert_all("student_results", rows)
+
+    def student_results(self, task: str | None = None, student: str | None = None,
+                        student_path: str | None = None, split: str | None = None,
+                        max_n: int | None = None) -> list[dict[str, Any]]:
+        if not self.has_table("student_results"):
+            return []
+        where, params = [], []
+        for col, value in (("task", task), ("student", student), ("student_path", student_path), ("split", split)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                params.append(value)
+        if max_n is not None:
+            where.append("n <= ?")
+            params.append(max_n)
+        sql = "select * from student_results" + (" where " + " and ".join(where) if where else "") + " order by id"
+        return self._rows(sql, params)
+
+    def _insert_all(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        cols = list(rows[0])
+        with self.transaction() as c:
+            c.executemany(f"insert into {table} ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
+                          [[r.get(k) for k in cols] for r in rows])

@@ -14,7 +14,9 @@ as the string, and is stored as the string.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +25,27 @@ from typing import Any, Iterable, Iterator
 from treegen.errors import InputError, SeedFileError
 
 YESNO_OPTIONS = ("True", "False")
-MAX_SEED_FILE_BYTES = 50 * 1024 * 1024  # seeds are a handful of examples; data files use read_jsonl
+
+# Size limits. The functions read these module-level defaults at call time (a parameter of
+# None means "the default"), so a program may change them once for all calls.
+# Seeds are a handful of examples that go into prompts; data files (pools, reference and
+# test sets) are whole benchmark splits.
+MAX_SEED_FILE_BYTES = 5_000_000  # CLI: --max-seed-bytes
+# question + context + options, in characters. The longest example of the benchmark datasets
+# is 19,195 characters (BioASQ train).
+MAX_SEED_EXAMPLE_CHARS = 20_000  # CLI: --max-example-chars
 MAX_DATA_FILE_BYTES = 1024 * 1024 * 1024
+MAX_DATA_EXAMPLE_CHARS = 200_000
+
+DUPLICATE_OPTIONS = "duplicate-options"  # InvalidExample.reason for an example whose options repeat
+
+# A JSON line may spell one character with up to 12 bytes (a \uXXXX\uXXXX pair), plus
+# keys and punctuation: a line longer than this cannot hold an example within the limit,
+# and it is refused before it is parsed, so a 50 MB line is never held in memory whole.
+_LINE_BYTES_PER_CHAR = 12
+_LINE_SLACK_BYTES = 64 * 1024
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_BOM = "\ufeff"
 
 
 @dataclass(frozen=True)
@@ -137,9 +158,10 @@ def example_from_dict(obj: Any, fmt: TaskFormat | None = None, strict: bool = Tr
     """Validate one object and build an Example, or raise InvalidExample with the reason.
 
     With ``fmt`` the example must also be of that format (option count, True/False options,
-    context present or absent). ``strict`` also refuses repeated options: generated
-    candidates must not have them, but a few human benchmark rows do (CommonsenseQA), so
-    data files are read with ``strict=False``.
+    context present or absent). ``strict`` also refuses repeated options (reason
+    ``duplicate-options``; compared after folding case, Unicode compatibility forms and white
+    space): seeds and generated candidates must not have them, but a few human benchmark rows
+    do (CommonsenseQA), so data files are read with ``strict=False``.
     """
     if not isinstance(obj, dict):
         raise InvalidExample("not-an-object", f"expected a JSON object, got {type(obj).__name__}")
@@ -162,8 +184,13 @@ def example_from_dict(obj: Any, fmt: TaskFormat | None = None, strict: bool = Tr
         raise InvalidExample("bad-options", "options must hold at least two options")
     if any(not o for o in options):
         raise InvalidExample("empty-option", "options must not be empty strings")
-    if strict and len({normalise_text(o) for o in options}) != len(options):
-        raise InvalidExample("repeated-option", "options must differ from each other")
+    for name, value in (("question", question), ("context", context), *(("option", o) for o in options)):
+        if value and _SURROGATE.search(value):
+            # json.loads turns an escaped lone surrogate ("\\ud800") into a str that cannot
+            # be encoded (SQLite, files, the API would fail later): refuse it here.
+            raise InvalidExample("bad-text", f"the {name} holds a lone surrogate escape (\\ud800-\\udfff), which is not a character")
+    if strict:
+        _check_distinct(options)
     label = _as_label(obj["label"])
     if label not in options:
         # Accept a label that differs only in case or surrounding space, as models write it.
@@ -175,6 +202,33 @@ def example_from_dict(obj: Any, fmt: TaskFormat | None = None, strict: bool = Tr
     if fmt is not None:
         check_format(example, fmt)
     return example
+
+
+def option_key(option: str) -> str:
+    """What two options must not share: equal after folding case, Unicode forms, spaces.
+
+    Lighter than ``normalise_text`` on purpose: "-1" and "1", or "C" and "C++", are different
+    answers even though they differ only in punctuation.
+    """
+    return " ".join(unicodedata.normalize("NFKC", option).casefold().split())
+
+
+def _check_distinct(options: tuple[str, ...]) -> None:
+    first: dict[str, int] = {}
+    for i, option in enumerate(options):
+        key = option_key(option)
+        if key in first:
+            j = first[key]
+            raise InvalidExample(
+                DUPLICATE_OPTIONS,
+                f"options {j + 1} and {i + 1} are the same ({options[j]!r} and {option!r}, ignoring case and spaces)",
+            )
+        first[key] = i
+
+
+def example_chars(example: Example) -> int:
+    """The size that ``max_example_chars`` limits: question, context and options."""
+    return len(example.question) + len(example.context or "") + sum(len(o) for o in example.options)
 
 
 def check_format(example: Example, fmt: TaskFormat) -> None:
@@ -194,71 +248,179 @@ def check_format(example: Example, fmt: TaskFormat) -> None:
         raise InvalidExample("wrong-context", f"format {fmt.name} needs {want}")
 
 
-def _check_file(path: Path, max_bytes: int, what: str) -> None:
-    if not path.exists():
-        raise SeedFileError(str(path), "no such file", "Check the path.")
-    if path.is_dir():
-        raise SeedFileError(str(path), "is a folder, not a file", f"Give the path of a JSONL {what} file.")
-    size = path.stat().st_size
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB" if n >= 10_000_000 else f"{n / 1e6:,.1f} MB" if n >= 1_000_000 else f"{n:,} bytes"
+
+
+def _raise_limit_hint(what: str, flag: str, param: str) -> str:
+    if what == "seed":
+        return f"or raise the limit with `treegen run ... {flag} N` ({param}=N in Python)"
+    return f"or raise the limit with {param}=N"
+
+
+def _check_file(path: Path, max_file_bytes: int, what: str) -> int:
+    """Refuse what is not a readable, non-empty regular file within the size limit; its size."""
+    try:
+        st = os.stat(path)  # follows symlinks: a link to a regular file is fine
+    except FileNotFoundError:
+        raise SeedFileError(str(path), "no such file", "Check the path.") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise SeedFileError(str(path), f"cannot read this path ({exc})", "Check the path.") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise SeedFileError(str(path), "is a folder, not a regular file", f"Give the path of a JSONL {what} file.")
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO or a device: opening a FIFO would block, and its size says nothing.
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+        raise SeedFileError(
+            str(path), f"is {kind}, not a regular file",
+            f"Save the {what} examples to a file first (e.g. `cat ... > {'seeds' if what == 'seed' else 'data'}.jsonl`) and give its path.",
+        )
+    size = st.st_size
     if size == 0:
         raise SeedFileError(
             str(path), "the file is empty",
             'Add at least one example, one JSON object a line: {"question": ..., "options": [...], "label": ...}.',
         )
-    if size > max_bytes:
-        raise SeedFileError(
-            str(path),
-            f"the file is {size / 1e6:,.0f} MB, more than the {max_bytes / 1e6:,.0f} MB treegen reads as {what}",
-            f"A {what} file holds a handful of examples: take a few, e.g. `head -n 20 {path} > seeds.jsonl`.",
-        )
-    with path.open("rb") as fh:
-        head = fh.read(8192)
-    if b"\x00" in head:
-        raise SeedFileError(str(path), "this is a binary file, not JSON lines", f"Give a UTF-8 JSONL {what} file.")
+    if size > max_file_bytes:
+        raise SeedFileError(str(path), *_too_big(path, size, max_file_bytes, what))
+    return size
 
 
-def iter_jsonl(path: str | Path, max_bytes: int = MAX_DATA_FILE_BYTES, what: str = "data") -> Iterator[tuple[int, Any]]:
-    """Yield (line number, parsed object) for each non-blank line; SeedFileError names the line."""
+def _too_big(path: Path, size: int, max_file_bytes: int, what: str) -> tuple[str, str]:
+    reason = f"the file is {_size(size)} ({size:,} bytes), more than the {_size(max_file_bytes)} treegen reads as a {what} file"
+    if what == "seed":
+        fix = (f"A seed file holds a handful of examples: take a few, e.g. `head -n 20 {path} > seeds.jsonl`, "
+               + _raise_limit_hint(what, "--max-seed-bytes", "max_file_bytes") + ".")
+    else:
+        fix = f"Split the file, {_raise_limit_hint(what, '', 'max_file_bytes')}."
+    return reason, fix
+
+
+def _example_limit_fix(what: str) -> str:
+    return f"Shorten the example, {_raise_limit_hint(what, '--max-example-chars', 'max_example_chars')}."
+
+
+def iter_jsonl(
+    path: str | Path,
+    max_file_bytes: int | None = None,
+    what: str = "data",
+    max_line_bytes: int | None = None,
+) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, parsed object) for each non-blank line; SeedFileError names the line.
+
+    ``max_file_bytes`` defaults to ``MAX_DATA_FILE_BYTES``; ``max_line_bytes`` (default: no
+    limit beyond the file's) refuses a longer line before it is read whole or parsed. A UTF-8
+    byte order mark is skipped. Anything else that is not JSON text (binary, UTF-16, invalid
+    UTF-8, nesting deeper than Python parses, an integer of more than 4,300 digits) is a
+    SeedFileError, never another exception.
+    """
     path = Path(path)
-    _check_file(path, max_bytes, what)
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+    if max_file_bytes is None:
+        max_file_bytes = MAX_DATA_FILE_BYTES
+    _check_file(path, max_file_bytes, what)
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise SeedFileError(str(path), f"cannot open the file ({exc.strerror or exc})", "Check its permissions.") from None
+    with fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # replaced between the check and the open
+            raise SeedFileError(str(path), "is not a regular file", f"Give the path of a JSONL {what} file.")
+        head = fh.read(8192)
+        fh.seek(0)
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise SeedFileError(str(path), "the file is UTF-16 text, not UTF-8", "Save the file as UTF-8.", 1)
+        if b"\x00" in head:
+            raise SeedFileError(str(path), "this is a binary file, not JSON lines", f"Give a UTF-8 JSONL {what} file.")
+        read = 0
+        lineno = 0
+        while True:
+            raw = fh.readline(max_line_bytes + 1) if max_line_bytes is not None else fh.readline()
+            if not raw:
+                return
+            lineno += 1
+            read += len(raw)
+            if read > max_file_bytes:  # the file grew after it was measured
+                raise SeedFileError(str(path), *_too_big(path, read, max_file_bytes, what))
+            if max_line_bytes is not None and len(raw) > max_line_bytes:
+                raise SeedFileError(
+                    str(path),
+                    f"the line is longer than {max_line_bytes:,} bytes, more than an example within the size limit can take",
+                    _example_limit_fix(what), lineno,
+                )
             if b"\x00" in raw:
                 raise SeedFileError(str(path), "this is a binary file, not JSON lines", f"Give a UTF-8 JSONL {what} file.", lineno)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise SeedFileError(str(path), "the line is not UTF-8 text", "Save the file as UTF-8.", lineno) from None
+            if line.startswith(_BOM):  # editors on Windows write one; files joined with cat repeat it
+                line = line[1:]
             if not line.strip():
                 continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SeedFileError(
-                    str(path), f"not valid JSON ({exc.msg} at column {exc.colno})",
-                    'Write one JSON object a line, e.g. {"question": "...", "context": null, "options": ["True", "False"], "label": "True"}.',
-                    lineno,
-                ) from None
+            yield lineno, _parse_line(path, line, lineno)
+
+
+def _parse_line(path: Path, line: str, lineno: int) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise SeedFileError(
+            str(path), f"not valid JSON ({exc.msg} at column {exc.colno})",
+            'Write one JSON object a line, e.g. {"question": "...", "context": null, "options": ["True", "False"], "label": "True"}.',
+            lineno,
+        ) from None
+    except RecursionError:
+        raise SeedFileError(
+            str(path), "the JSON is nested deeper than treegen reads",
+            'An example is flat: {"question": "...", "context": null, "options": ["...", "..."], "label": "..."}.',
+            lineno,
+        ) from None
+    except ValueError as exc:  # int() refuses more than sys.get_int_max_str_digits() digits
+        if "digits" not in str(exc):
+            raise SeedFileError(str(path), f"not valid JSON ({exc})", "Fix this line.", lineno) from None
+        raise SeedFileError(
+            str(path), "a number on this line has too many digits to read",
+            "Write long numbers as strings, in quotes (labels and options are text anyway).",
+            lineno,
+        ) from None
 
 
 def load_examples(
     path: str | Path,
     fmt: TaskFormat | None = None,
-    max_bytes: int = MAX_DATA_FILE_BYTES,
+    max_file_bytes: int | None = None,
     what: str = "data",
+    max_example_chars: int | None = None,
+    allow_duplicate_options: bool = True,
 ) -> tuple[list[Example], TaskFormat]:
     """Read and validate a JSONL file of examples; all must share one format.
 
     The format is inferred from the first example unless given. Raises SeedFileError with the
-    file, the line and the fix for the first bad line.
+    file, the line and the fix for the first bad line. Limits default to
+    ``MAX_DATA_FILE_BYTES`` and ``MAX_DATA_EXAMPLE_CHARS`` (``load_seeds`` passes the seed
+    ones). Benchmark rows may repeat an option (CommonsenseQA does), so that is allowed
+    unless ``allow_duplicate_options=False``.
     """
+    if max_file_bytes is None:
+        max_file_bytes = MAX_DATA_FILE_BYTES
+    if max_example_chars is None:
+        max_example_chars = MAX_DATA_EXAMPLE_CHARS
+    max_line_bytes = max_example_chars * _LINE_BYTES_PER_CHAR + _LINE_SLACK_BYTES
     examples: list[Example] = []
     first_line = None
-    for lineno, obj in iter_jsonl(path, max_bytes=max_bytes, what=what):
+    for lineno, obj in iter_jsonl(path, max_file_bytes=max_file_bytes, what=what, max_line_bytes=max_line_bytes):
         try:
-            ex = example_from_dict(obj, strict=False)
+            ex = example_from_dict(obj, strict=not allow_duplicate_options)
         except InvalidExample as exc:
             raise SeedFileError(str(path), exc.detail, _fix_for(exc.reason), lineno) from None
+        size = example_chars(ex)
+        if size > max_example_chars:
+            raise SeedFileError(
+                str(path),
+                f"the example is {size:,} characters (question, context and options), more than the "
+                f"{max_example_chars:,} treegen reads in a {what} file",
+                _example_limit_fix(what), lineno,
+            )
         ex_fmt = ex.infer_format()
         if fmt is None:
             fmt, first_line = ex_fmt, lineno
@@ -277,9 +439,21 @@ def load_examples(
     return examples, fmt
 
 
-def load_seeds(path: str | Path, fmt: TaskFormat | None = None) -> tuple[list[Example], TaskFormat]:
-    """Seeds: validated like any data file, capped at a small size, no duplicates among them."""
-    examples, fmt = load_examples(path, fmt, max_bytes=MAX_SEED_FILE_BYTES, what="seed")
+def load_seeds(
+    path: str | Path,
+    fmt: TaskFormat | None = None,
+    max_example_chars: int | None = None,
+    max_file_bytes: int | None = None,
+) -> tuple[list[Example], TaskFormat]:
+    """Seeds: validated like any data file, but smaller (``MAX_SEED_FILE_BYTES``,
+    ``MAX_SEED_EXAMPLE_CHARS`` by default), no repeated options, no duplicates among them."""
+    examples, fmt = load_examples(
+        path, fmt,
+        max_file_bytes=MAX_SEED_FILE_BYTES if max_file_bytes is None else max_file_bytes,
+        what="seed",
+        max_example_chars=MAX_SEED_EXAMPLE_CHARS if max_example_chars is None else max_example_chars,
+        allow_duplicate_options=False,
+    )
     seen: dict[str, int] = {}
     for i, ex in enumerate(examples):
         key = dedup_key(ex)
@@ -298,7 +472,10 @@ def _fix_for(reason: str) -> str:
         "bad-options": 'Write options as a JSON list of strings, e.g. ["True", "False"].',
         "not-an-object": "Write one JSON object a line, not a list or a bare value.",
         "empty-question": "Give every example a non-empty question.",
-        "repeated-option": "Make the options of an example differ from each other.",
+        DUPLICATE_OPTIONS: "Make the options of an example differ from each other.",
+        "bad-text": "Write the character itself, or a valid \\uXXXX\\uXXXX surrogate pair.",
+        "bad-context": "Write the context as a string, or null for none.",
+        "bad-label": 'Write the label as the text of one of the options, e.g. "True".',
         "empty-option": "Remove or fill in the empty option.",
     }.get(reason, "Fix this line.")
 

@@ -21,23 +21,30 @@ import hashlib
 import json
 import math
 import random
+import select
+import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from collections import Counter, deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from treegen.errors import ConfigError
 from treegen.task import Example, InvalidExample, TaskFormat, dedup_key, example_from_dict, load_examples
 from treegen.prompts import read_prompt
+from treegen.sim.batch import BatchStore
 from treegen.sim.pool import synthetic_pool
 from treegen.tokens import count_messages, count_text, encoding_name_for_model, get_encoding
 
 SIM_MODEL = "treegen-sim"
+FINGERPRINT = "treegen-sim"  # system_fingerprint of everything simulated
+BODY_FAULTS = ("html", "empty", "notjson")
+RESPONSE_FORMATS = ("json_schema", "json_object")  # the structured types (besides "text")
 DEFAULT_MAX_TOKENS = 4096  # reserved against the TPM limit when a request sets none
 WINDOW_S = 60.0
 
@@ -59,17 +66,38 @@ class SimConfig:
     duplicate_rate: float = 0.0  # per item: repeat of an in-context example or an earlier item
     api_key: str | None = None  # when set, any other bearer key gets 401
     seed: int = 0
+    # Structured outputs: response_format types answered 400 (as llama.cpp does for json_schema).
+    refuse_response_format: list[str] = field(default_factory=list)
+    # Hostile-server faults, for tests of the engine's defences.
+    ignore_max_tokens: bool = False  # reply far past max_tokens and report that usage
+    usage_inflate: int = 0  # when > 0: report this many completion tokens, whatever was sent
+    body_fault: str | None = None  # "html" | "empty" | "notjson": a 200 whose body is not the JSON
+    body_fault_rate: float = 1.0  # share of replies with the body fault (when body_fault is set)
+    hang_rate: float = 0.0  # the request is never answered: held until the client gives up
+    echo_auth: bool = False  # error bodies quote the request's Authorization header
+    # The Batch API (treegen/sim/batch.py).
+    batch_delay_s: float = 0.0  # seconds from create to completed; 0: done on the next retrieve
+    batch_fail_rate: float = 0.0  # per request: an error line with status 500
+    batch_expire_rate: float = 0.0  # per request: not done in the window, error line "batch_expired"
 
     def validate(self) -> None:
         """ConfigError naming the first setting out of range."""
         for name in ("error_rate", "timeout_rate", "malformed_rate", "truncate_rate", "wrong_count_rate",
-                     "label_flip_rate", "duplicate_rate"):
+                     "label_flip_rate", "duplicate_rate", "body_fault_rate", "hang_rate", "batch_fail_rate",
+                     "batch_expire_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{_flag(name)} is {value}, but rates are probabilities: give a number from 0 to 1.")
-        for name in ("latency_ms", "jitter_ms", "hang_seconds"):
+        for name in ("latency_ms", "jitter_ms", "hang_seconds", "usage_inflate", "batch_delay_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} is {getattr(self, name)}; give a number of zero or more.")
+        if self.body_fault is not None and self.body_fault not in BODY_FAULTS:
+            raise ConfigError(f"--body-fault is {self.body_fault!r}; give one of {', '.join(BODY_FAULTS)}, or leave it out.")
+        for kind in self.refuse_response_format:
+            if kind not in RESPONSE_FORMATS:
+                raise ConfigError(
+                    f"--refuse-response-format names {kind!r}; give {' and/or '.join(RESPONSE_FORMATS)}."
+                )
         for name in ("rpm_limit", "tpm_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -151,32 +179,51 @@ class Simulator:
         self._attempts: Counter[str] = Counter()
         self._stats: dict[str, Any] = {
             "simulated": True, "requests": 0, "by_status": Counter(), "prompt_tokens": 0,
-            "completion_tokens": 0, "rate_limited": 0, "hangs": 0,
+            "completion_tokens": 0, "rate_limited": 0, "hangs": 0, "never_answered": 0, "hangs_abandoned": 0,
         }
+        self.batches = BatchStore(
+            config.seed, config.batch_delay_s, config.batch_fail_rate, config.batch_expire_rate, self.batch_reply
+        )
 
     # -- public -------------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def handle(
+        self, method: str, path: str, headers: dict[str, str], body: bytes,
+        client_gone: Callable[[], bool] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers and body of the answer. Status 0: no answer (a ``hang_rate``
+        fault); the call returns when ``client_gone()`` says the client left, or at close()."""
         headers = {k.lower(): v for k, v in headers.items()}
-        path = path.split("?", 1)[0].rstrip("/")
+        path, _, query_string = path.partition("?")
+        path = path.rstrip("/")
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(query_string).items()}
         request_id = "req_sim_" + uuid.uuid4().hex[:24]
         try:
-            status, extra, payload = self._route(method.upper(), path, headers, body)
+            status, extra, payload = self._route(method.upper(), path, headers, body, query, client_gone)
         except Exception as exc:  # a bug here must still answer in the OpenAI error shape
             status, extra, payload = 500, {}, _error(f"simulator internal error: {exc!r}", "server_error", None)
+        if status >= 400 and self.config.echo_auth and isinstance(payload, dict) and "error" in payload:
+            # A careless proxy's habit; the engine must not write this into logs or the store.
+            payload["error"]["message"] += f" (request Authorization header: {headers.get('authorization', '')})"
         with self._lock:
-            self._stats["requests"] += 1
-            self._stats["by_status"][status] += 1
+            if status == 0:
+                self._stats["never_answered"] += 1
+            else:
+                self._stats["requests"] += 1
+                self._stats["by_status"][status] += 1
             if status == 429:
                 self._stats["rate_limited"] += 1
         out_headers = {"content-type": "application/json", "x-request-id": request_id, "openai-model": SIM_MODEL}
         out_headers.update(extra)
+        if isinstance(payload, bytes):
+            return status, out_headers, payload
         return status, out_headers, json.dumps(payload, ensure_ascii=False).encode("utf-8")
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
             out = dict(self._stats)
             out["by_status"] = {str(k): v for k, v in sorted(self._stats["by_status"].items())}
+        out.update(self.batches.counts())
         out["config"] = asdict(self.config)
         out["config"].pop("api_key", None)
         return out
@@ -185,9 +232,20 @@ class Simulator:
         """Release hanging requests (used when the server stops)."""
         self._stopping.set()
 
+    def batch_reply(self, request: dict) -> tuple[int, dict]:
+        """The reply to one batched chat request: the synchronous endpoint's reply (same
+        seeding, content and usage faults) without its transport faults."""
+        chat = self._parse_chat(request)
+        if isinstance(chat, tuple):
+            return chat[0], chat[2]
+        return 200, self._complete(chat)
+
     # -- routing --------------------------------------------------------------------------
 
-    def _route(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], dict]:
+    def _route(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, query: dict[str, str],
+        client_gone: Callable[[], bool] | None,
+    ) -> tuple[int, dict[str, str], dict | bytes]:
         if path == "/sim/stats" and method == "GET":
             return 200, {}, self.stats()
         if path.startswith("/v1"):
@@ -205,14 +263,61 @@ class Simulator:
             if path == "/v1/chat/completions":
                 if method != "POST":
                     return 405, {}, _error("Use POST for /v1/chat/completions.", "invalid_request_error", None)
-                return self._chat(body)
+                return self._chat(body, client_gone)
+            answer = self.batches.route(method, path, headers, body, query)
+            if answer is not None:
+                return answer
         return 404, {}, _error(f"Unknown endpoint {method} {path}.", "invalid_request_error", "unknown_url")
 
-    def _chat(self, body: bytes) -> tuple[int, dict[str, str], dict]:
+    def _chat(self, body: bytes, client_gone: Callable[[], bool] | None) -> tuple[int, dict[str, str], dict | bytes]:
         try:
             req = json.loads(body.decode("utf-8") or "null")
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return 400, {}, _error(f"The request body is not valid JSON: {exc}", "invalid_request_error", None)
+        chat = self._parse_chat(req)
+        if isinstance(chat, tuple):
+            return chat
+        limited = self._rate_limit(chat.prompt_tokens + (chat.max_tokens or DEFAULT_MAX_TOKENS))
+        if limited is not None:
+            return limited
+
+        with self._lock:
+            attempt = self._attempts[chat.key]
+            self._attempts[chat.key] += 1
+        fault = random.Random(f"{chat.key}:{attempt}")  # transport faults: fresh per attempt
+        cfg = self.config
+        if fault.random() < cfg.error_rate:
+            code = fault.choice([500, 503])
+            msg = "The server had an error while processing your request." if code == 500 else "The engine is currently overloaded."
+            return code, {}, _error(f"{msg} (simulated)", "server_error", None)
+        if fault.random() < cfg.timeout_rate:
+            with self._lock:
+                self._stats["hangs"] += 1
+            self._stopping.wait(cfg.hang_seconds)
+        delay = cfg.latency_ms + fault.uniform(0, cfg.jitter_ms)
+        # Drawn always, so a setting of one fault does not move the draws of another.
+        hang, body_fault = fault.random() < cfg.hang_rate, fault.random() < cfg.body_fault_rate
+        if hang:
+            self._hold_until_gone(client_gone)
+            return 0, {}, b""
+        if delay > 0:
+            self._stopping.wait(delay / 1000.0)
+
+        payload = self._complete(chat)
+        if cfg.body_fault is not None and body_fault:
+            return _broken_body(cfg.body_fault, payload)
+        return 200, {}, payload
+
+    def _hold_until_gone(self, client_gone: Callable[[], bool] | None) -> None:
+        """Never answer: wait until the client disconnects (its timeout) or the server stops."""
+        while not self._stopping.wait(0.05):
+            if client_gone is not None and client_gone():
+                with self._lock:
+                    self._stats["hangs_abandoned"] += 1
+                return
+
+    def _parse_chat(self, req: Any) -> "_ChatRequest | tuple[int, dict[str, str], dict]":
+        """The validated request, or the 400 answer that says what is wrong with it."""
         if not isinstance(req, dict):
             return 400, {}, _error("The request body must be a JSON object.", "invalid_request_error", None)
         messages = req.get("messages")
@@ -228,42 +333,38 @@ class Simulator:
         temperature = 1.0 if temperature is None else temperature  # OpenAI's default
         if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
             return 400, {}, _error("temperature must be a number from 0 to 2.", "invalid_request_error", None)
+        structure = _read_response_format(req.get("response_format"), self.config.refuse_response_format)
+        if isinstance(structure, str):
+            return 400, {}, {"error": {
+                "message": structure, "type": "invalid_request_error", "param": "response_format", "code": None,
+            }}
         messages = [{k: _text_of(v) for k, v in m.items()} for m in messages]
-        prompt_tokens = count_messages(messages, model)
+        return _ChatRequest(
+            messages=messages, model=model, max_tokens=max_tokens, temperature=float(temperature),
+            structure=structure, prompt_tokens=count_messages(messages, model),
+            key=_request_key(self.config.seed, req.get("seed"), messages),
+        )
 
-        limited = self._rate_limit(prompt_tokens + (max_tokens or DEFAULT_MAX_TOKENS))
-        if limited is not None:
-            return limited
-
-        key = _request_key(self.config.seed, req.get("seed"), messages)
-        with self._lock:
-            attempt = self._attempts[key]
-            self._attempts[key] += 1
-        fault = random.Random(f"{key}:{attempt}")  # transport faults: fresh per attempt
+    def _complete(self, chat: "_ChatRequest") -> dict:
+        """The chat.completion body for a validated request (counted in the stats)."""
         cfg = self.config
-        if fault.random() < cfg.error_rate:
-            code = fault.choice([500, 503])
-            msg = "The server had an error while processing your request." if code == 500 else "The engine is currently overloaded."
-            return code, {}, _error(f"{msg} (simulated)", "server_error", None)
-        if fault.random() < cfg.timeout_rate:
-            with self._lock:
-                self._stats["hangs"] += 1
-            self._stopping.wait(cfg.hang_seconds)
-        delay = cfg.latency_ms + fault.uniform(0, cfg.jitter_ms)
-        if delay > 0:
-            self._stopping.wait(delay / 1000.0)
-
-        content, finish = self.reply_content(messages, float(temperature), key)
-        content, finish, completion_tokens = _cap_tokens(content, finish, max_tokens, model)
+        floor = 3 * chat.max_tokens if cfg.ignore_max_tokens and chat.max_tokens else None
+        content, finish = self.reply_content(chat.messages, chat.temperature, chat.key, chat.structure, floor)
+        if floor is None:
+            content, finish, completion_tokens = _cap_tokens(content, finish, chat.max_tokens, chat.model)
+        else:
+            completion_tokens = count_text(content, chat.model)  # far past max_tokens, and said so
+        if cfg.usage_inflate > 0:
+            completion_tokens = cfg.usage_inflate
         with self._lock:
-            self._stats["prompt_tokens"] += prompt_tokens
+            self._stats["prompt_tokens"] += chat.prompt_tokens
             self._stats["completion_tokens"] += completion_tokens
-        return 200, {}, {
+        return {
             "id": "chatcmpl-sim-" + uuid.uuid4().hex[:24],
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": model,
-            "system_fingerprint": "treegen-sim",
+            "model": chat.model,
+            "system_fingerprint": FINGERPRINT,
             "choices": [{
                 "index": 0,
                 "message": {"role": "assistant", "content": content, "refusal": None},
@@ -271,9 +372,9 @@ class Simulator:
                 "finish_reason": finish,
             }],
             "usage": {
-                "prompt_tokens": prompt_tokens,
+                "prompt_tokens": chat.prompt_tokens,
                 "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
+                "total_tokens": chat.prompt_tokens + completion_tokens,
                 "prompt_tokens_details": {"cached_tokens": 0},
                 "completion_tokens_details": {"reasoning_tokens": 0},
             },
@@ -331,8 +432,14 @@ class Simulator:
                 pool = self._pools.setdefault(fmt.name, pool)
         return pool
 
-    def reply_content(self, messages: list[dict[str, str]], temperature: float, key: str) -> tuple[str, str]:
-        """The assistant text and finish_reason for a prompt; deterministic in ``key``."""
+    def reply_content(
+        self, messages: list[dict[str, str]], temperature: float, key: str,
+        structure: "Structure | None" = None, min_tokens: int | None = None,
+    ) -> tuple[str, str]:
+        """The assistant text and finish_reason for a prompt; deterministic in ``key``.
+
+        ``structure``: a response_format asked for; the reply is one JSON object.
+        ``min_tokens``: make the reply longer than this (the ``ignore_max_tokens`` fault)."""
         rng = np.random.default_rng(int(key[:16], 16))
         r = random.Random(key)
         cfg = self.config
@@ -344,6 +451,8 @@ class Simulator:
         if r.random() < cfg.wrong_count_rate:
             k += r.choice([d for d in (-2, -1, 1, 2, 3) if k + d >= 1])
         items = self._sample(pool, context_examples, k, temperature, rng)
+        if min_tokens is not None:
+            items = self._longer(pool, context_examples, items, temperature, rng, min_tokens)
         items = [dict(it) for it in items]
         for i, it in enumerate(items):
             if r.random() < cfg.label_flip_rate:
@@ -354,14 +463,31 @@ class Simulator:
                 if sources:
                     items[i] = dict(r.choice(sources))
 
+        if structure is not None:
+            items = [structure.shape(it) for it in items]
         if r.random() < cfg.malformed_rate:
-            return _malformed(items, r), "stop"
-        text, spans = _render(items, r)
+            return _malformed(items, r, structure), "stop"
+        text, spans = _render(items, r) if structure is None else structure.render(items)
         if spans and r.random() < cfg.truncate_rate:
             start, end = spans[r.randrange(len(spans))]
             cut = r.randint(start + 1, max(start + 1, end - 2))
             return text[:cut], "length"
         return text, "stop"
+
+    def _longer(
+        self, pool: _Pool, shown: list[Example], items: list[dict], temperature: float,
+        rng: np.random.Generator, min_tokens: int,
+    ) -> list[dict]:
+        """More items, until their JSON alone is over ``min_tokens`` tokens (items repeat
+        once the pool runs out)."""
+        per_item = max(1, count_text(json.dumps(items[0], ensure_ascii=False), "gpt-4o")) if items else 1
+        want = min(20_000, max(len(items), min_tokens // per_item + 2))
+        more = self._sample(pool, shown, want, temperature, rng) or items
+        while True:
+            out = (more * (want // max(1, len(more)) + 1))[:want]
+            if count_text(json.dumps(out, ensure_ascii=False), "gpt-4o") > min_tokens or want >= 20_000:
+                return out
+            want = min(20_000, want * 2)
 
     def _sample(self, pool: _Pool, shown: list[Example], k: int, temperature: float, rng: np.random.Generator) -> list[dict]:
         n = len(pool.examples)
@@ -416,6 +542,130 @@ def _request_key(config_seed: int, request_seed: Any, messages: list[dict[str, s
 
 def _error(message: str, type_: str, code: str | None) -> dict:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+@dataclass
+class _ChatRequest:
+    messages: list[dict[str, str]]
+    model: str
+    max_tokens: int | None
+    temperature: float
+    structure: "Structure | None"
+    prompt_tokens: int
+    key: str
+
+
+@dataclass
+class Structure:
+    """A structured-output request: the reply is ``{wrapper: [item, ...]}`` as one JSON object.
+
+    ``context`` says what a closed-book item (context None) does with its ``context`` key:
+    "keep" (no schema: the item as the pool has it, ``"context": null``), "null" (the schema
+    has a nullable ``context``), "omit" (the schema has no ``context``, or a non-nullable one).
+    """
+
+    wrapper: str = "examples"
+    context: str = "keep"
+
+    def shape(self, item: dict) -> dict:
+        if item.get("context") is None and self.context != "keep":
+            item = dict(item)
+            if self.context == "omit":
+                item.pop("context", None)
+            else:
+                item["context"] = None
+        return item
+
+    def render(self, items: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+        """Compact JSON, as constrained decoders emit it, and each item's span in it."""
+        head = "{" + json.dumps(self.wrapper) + ": ["
+        parts, spans, pos = [head], [], len(head)
+        for i, it in enumerate(items):
+            s = json.dumps(it, ensure_ascii=False)
+            if i:
+                parts.append(", ")
+                pos += 2
+            spans.append((pos, pos + len(s)))
+            parts.append(s)
+            pos += len(s)
+        parts.append("]}")
+        return "".join(parts), spans
+
+
+def _read_response_format(value: Any, refused: list[str]) -> "Structure | None | str":
+    """The structure asked for, None for plain text, or the 400 message for a bad or refused one.
+
+    Both dialects: OpenAI / vLLM / Ollama ``{"type": "json_schema", "json_schema": {"name",
+    "strict", "schema"}}``, and llama.cpp's ``{"type": "json_object", "schema": {...}}``."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        return "'response_format' must be an object with a 'type'."
+    kind = value["type"]
+    if kind == "text":
+        return None
+    allowed = ["text"] + [t for t in RESPONSE_FORMATS if t not in refused]
+    if kind not in RESPONSE_FORMATS or kind in refused:
+        # llama.cpp's wording, which the engine's dialect fallback recognises by 'response_format'.
+        return (
+            f"response_format type must be one of {', '.join(repr(a) for a in allowed)}, "
+            f"but got: {kind!r} (simulated server)"
+        )
+    schema: Any = None
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict):
+            return "'response_format.json_schema' must be an object with 'name' and 'schema'."
+        schema = spec.get("schema")
+    else:
+        schema = value.get("schema")
+    if schema is None:
+        return Structure()  # JSON mode: one object, the items as they are
+    if not isinstance(schema, dict):
+        return "'response_format' schema must be a JSON Schema object."
+    return _structure_of(schema)
+
+
+def _structure_of(schema: dict) -> Structure:
+    """The wrapper key and context policy a JSON schema of the reply implies."""
+    defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+
+    def resolve(node: Any) -> dict:
+        while isinstance(node, dict) and isinstance(node.get("$ref"), str):
+            node = defs.get(node["$ref"].rsplit("/", 1)[-1], {})
+        return node if isinstance(node, dict) else {}
+
+    props = resolve(schema).get("properties") or {}
+    arrays = [name for name, sub in props.items() if resolve(sub).get("type") == "array"]
+    wrapper = "examples" if "examples" in props or len(arrays) != 1 else arrays[0]
+    item = resolve(resolve(props.get(wrapper, {})).get("items"))
+    ctx = (item.get("properties") or {}).get("context")
+    if ctx is None:
+        return Structure(wrapper, "omit")
+    ctx = resolve(ctx)
+    types = ctx.get("type")
+    nullable = (
+        types == "null" or (isinstance(types, list) and "null" in types)
+        or any(resolve(alt).get("type") == "null" for alt in ctx.get("anyOf", []) + ctx.get("oneOf", []))
+    )
+    return Structure(wrapper, "null" if nullable else "omit")
+
+
+_HTML_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>Sign in - Corporate Proxy</title></head>\n"
+    b"<body><h1>Authentication required</h1><p>Please sign in to continue.</p></body></html>\n"
+)
+
+
+def _broken_body(kind: str, payload: dict) -> tuple[int, dict[str, str], bytes]:
+    """A 200 whose body is not the completion: a proxy's HTML page, nothing, or text."""
+    if kind == "html":
+        return 200, {"content-type": "text/html; charset=utf-8"}, _HTML_PAGE
+    if kind == "empty":
+        return 200, {}, b""
+    # "notjson": says JSON, holds the first half of the real body
+    text = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    return 200, {}, text[: len(text) // 2]
 
 
 _CHATTER_BEFORE = [
@@ -477,8 +727,9 @@ def _render(items: list[dict], r: random.Random) -> tuple[str, list[tuple[int, i
     return "".join(parts), spans
 
 
-def _malformed(items: list[dict], r: random.Random) -> str:
-    """Prose only, or objects with broken JSON (some may survive, as with real models)."""
+def _malformed(items: list[dict], r: random.Random, structure: Structure | None = None) -> str:
+    """Prose only, or objects with broken JSON (some may survive, as with real models);
+    with a structure, the one reply object with broken items in it."""
     if not items or r.random() < 0.3:
         return r.choice([
             "I'm sorry, but I can't create more examples like that.",
@@ -495,6 +746,8 @@ def _malformed(items: list[dict], r: random.Random) -> str:
         elif how == 2:
             s = s.replace('"label": ', '"label" ', 1)  # a missing colon
         lines.append(s)  # how == 3: left intact
+    if structure is not None:
+        return "{" + json.dumps(structure.wrapper) + ": [" + ", ".join(lines) + "]}"
     return "Here are the examples:\n" + "\n".join(lines)
 
 
@@ -557,7 +810,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
-        status, headers, payload = self.simulator.handle(self.command, self.path, dict(self.headers.items()), body)
+        status, headers, payload = self.simulator.handle(
+            self.command, self.path, dict(self.headers.items()), body, self._client_gone
+        )
+        if status == 0:  # a request never answered: drop the connection the client left
+            self.close_connection = True
+            return
         try:
             self.send_response(status)
             for k, v in headers.items():
@@ -568,8 +826,17 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (e.g. its timeout fired)
 
+    def _client_gone(self) -> bool:
+        """Whether the client closed the connection (readable with nothing to read)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
     do_GET = _serve
     do_POST = _serve
+    do_DELETE = _serve
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by default
         pass

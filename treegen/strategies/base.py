@@ -38,6 +38,7 @@ class StrategyParams:
     max_depth: int | None = None  # children deeper than this are never asked for
     branching: int = 1  # tree / novelty: expansion requests per node
     chains: int = 1  # random / contrastive / similar: chains walked side by side
+    expand_retries: int = 2  # an expansion that gave no accepted child is tried again this often
     # cosine similarity of one example to several (unit-norm embeddings); set by the engine
     similarity: Callable[[Example, Sequence[Example]], np.ndarray] | None = None
     extra: dict = field(default_factory=dict)
@@ -50,6 +51,7 @@ class Strategy:
         self.params = params
         self.rng = random.Random(f"{params.seed}:{self.name}")
         self.seeds: list[NodeInfo] = []
+        self.retries: dict[int, int] = {}  # node id -> retried empty expansions
 
     def start(self, seeds: Sequence[NodeInfo]) -> None:
         """A new run: the seed nodes are in the database."""
@@ -70,6 +72,27 @@ class Strategy:
     def exhausted(self) -> bool:
         """True when no request will ever be asked again (with none in flight)."""
         return False
+
+    # ---- bounded retries of expansions that gave nothing (tree, novelty) --------------
+    def _restore_retries(self, nodes: Sequence[NodeInfo], history: Sequence[dict]) -> dict[int, int]:
+        """Per node: how many extra expansions its empty replies have earned so far."""
+        failed: dict[int, int] = {}
+        for h in history:
+            if not h["child_ids"] and len(h["parent_ids"]) == 1:
+                failed[h["parent_ids"][0]] = failed.get(h["parent_ids"][0], 0) + 1
+        self.retries = {n.id: min(failed.get(n.id, 0), self.params.expand_retries) for n in nodes}
+        return self.retries
+
+    def _earned_retry(self, job: Job, children: Sequence[NodeInfo], call_id: int | None) -> NodeInfo | None:
+        """The parent to expand once more when this expansion gave nothing, within the bound."""
+        if children or call_id is None or len(job.parents) != 1:
+            return None
+        node = job.parents[0]
+        used = self.retries.get(node.id, 0)
+        if used >= self.params.expand_retries:
+            return None
+        self.retries[node.id] = used + 1
+        return node
 
     def depth_allowed(self, depth: int) -> bool:
         return self.params.max_depth is None or depth <= self.params.max_depth

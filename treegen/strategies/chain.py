@@ -23,12 +23,16 @@ class _Chain(Strategy):
         super().__init__(params)
         self.current: list[NodeInfo] = []
         self.busy: set[int] = set()
+        self.failures: list[int] = []  # expansions in a row that gave no child, per chain
+        self.ended: set[int] = set()  # chains that reached max depth or used their retries
 
     def start(self, seeds):
         super().start(seeds)
         n = max(1, self.params.chains)
         self.current = [self.seeds[i % len(self.seeds)] for i in range(n)]
         self.busy = set()
+        self.failures = [0] * n
+        self.ended = set()
 
     def restore(self, seeds, nodes, history):
         self.start(seeds)
@@ -44,12 +48,12 @@ class _Chain(Strategy):
 
     def next_job(self) -> Job | None:
         for chain, node in enumerate(self.current):
-            if chain in self.busy:
+            if chain in self.busy or chain in self.ended:
                 continue
             if not self.depth_allowed(node.depth + 1):
-                node = self.current[chain] = self.seeds[chain % len(self.seeds)]
-                if not self.depth_allowed(node.depth + 1):
-                    return None
+                # A chain ends at the depth cap, so --max-depth bounds the run.
+                self.ended.add(chain)
+                continue
             self.busy.add(chain)
             return Job([node], depth=node.depth + 1, chain=chain)
         return None
@@ -61,7 +65,11 @@ class _Chain(Strategy):
     def _advance(self, chain: int, parent: NodeInfo, children: list[NodeInfo], call_id: int | None) -> None:
         if not children:
             self.current[chain] = parent
+            self.failures[chain] += 1
+            if self.failures[chain] > self.params.expand_retries:
+                self.ended.add(chain)  # a node that keeps yielding nothing ends its chain
             return
+        self.failures[chain] = 0
         rng = random.Random(f"{self.params.seed}:{chain}:{call_id}")
         self.current[chain] = self.pick(parent, children, rng)
 
@@ -69,7 +77,7 @@ class _Chain(Strategy):
         raise NotImplementedError
 
     def exhausted(self) -> bool:
-        return not self.depth_allowed(1)
+        return not self.depth_allowed(1) or len(self.ended) == len(self.current)
 
     def _similarities(self, parent: NodeInfo, children: Sequence[NodeInfo]) -> np.ndarray:
         if self.params.similarity is None:

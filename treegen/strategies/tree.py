@@ -29,8 +29,10 @@ class Tree(Strategy):
     def restore(self, seeds, nodes, history):
         super().start(seeds)
         self.frontier = {}
-        for n in list(seeds) + sorted(nodes, key=lambda n: n.id):
-            self._push(n, self.params.branching - n.expanded)
+        everything = list(seeds) + sorted(nodes, key=lambda n: n.id)
+        retries = self._restore_retries(everything, history)
+        for n in everything:
+            self._push(n, self.params.branching + retries[n.id] - n.expanded)
 
     def next_job(self) -> Job | None:
         for depth in sorted(self.frontier):
@@ -45,6 +47,9 @@ class Tree(Strategy):
     def on_result(self, job, children, call_id):
         for child in children:
             self._push(child, self.params.branching)
+        retry = self._earned_retry(job, children, call_id)
+        if retry is not None:
+            self._push(retry, 1)
 
     def exhausted(self) -> bool:
         return not self.frontier

@@ -1,0 +1,110 @@
+"""The one acceptance rule: which candidates of a reply become examples, and why the others do not.
+
+Pure functions, no database, no network, no embedder: the engine hands in the parsed
+candidates and the run's state, and gets decisions back.
+
+Two steps, because similarity needs embeddings of the candidates that survive the cheap checks:
+
+1. ``screen``: parse errors, field validation against the task format, exact duplicates (of
+   the run and of earlier candidates of the same reply);
+2. ``judge``: near-duplicates and novelty from the similarities the engine computed, the
+   target (a reply may give more than the run still needs), and each candidate's share of
+   the call's cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AbstractSet, Sequence
+
+from treegen.parsing import Candidate
+from treegen.task import Example, InvalidExample, TaskFormat, dedup_key, example_from_dict
+
+# Rejection reasons that acceptance itself gives (parsing and validation add their own).
+DUPLICATE = "duplicate"
+NEAR_DUPLICATE = "near-duplicate"
+OVER_TARGET = "over-target"
+NO_EXAMPLES = "no-examples-in-reply"
+
+
+@dataclass(frozen=True)
+class Screened:
+    """A candidate after the cheap checks: ``reason`` None means it is still in the running."""
+
+    candidate: Candidate
+    example: Example | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    example: Example | None
+    accepted: bool
+    reason: str | None
+    raw: str | None  # what the model wrote, kept for rejected candidates
+    cost_share_micro: int
+    novelty: float | None
+
+
+@dataclass(frozen=True)
+class JudgeContext:
+    """The run's state that acceptance depends on."""
+
+    open_slots: int | None  # how many more examples the target allows (None: no target)
+    near_dup: float | None  # cosine threshold, None when off
+    cost_micro: int  # the call's reconciled cost, split over its candidates
+
+
+def split_cost(total: int, n: int) -> list[int]:
+    """Split an integer cost over n parts; the remainder goes to the first ones."""
+    if n <= 0:
+        return []
+    base, rem = divmod(total, n)
+    return [base + (1 if i < rem else 0) for i in range(n)]
+
+
+def screen(candidates: Sequence[Candidate], fmt: TaskFormat, seen_keys: AbstractSet[str]) -> list[Screened]:
+    """Parse errors, invalid fields and exact duplicates, in reply order."""
+    out: list[Screened] = []
+    batch_keys: set[str] = set()
+    for cand in candidates:
+        if cand.obj is None:
+            out.append(Screened(cand, None, cand.error or "invalid-json"))
+            continue
+        try:
+            ex = example_from_dict(cand.obj, fmt)
+        except InvalidExample as exc:
+            out.append(Screened(cand, None, exc.reason))
+            continue
+        key = dedup_key(ex)
+        if key in seen_keys or key in batch_keys:
+            out.append(Screened(cand, ex, DUPLICATE))
+            continue
+        batch_keys.add(key)
+        out.append(Screened(cand, ex, None))
+    return out
+
+
+def judge(screened: Sequence[Screened], similarities: dict[int, float], ctx: JudgeContext) -> list[Decision]:
+    """Final decisions, in reply order.
+
+    ``similarities`` maps the index of a screened candidate still in the running to its
+    highest cosine similarity to anything accepted before it (the engine includes earlier
+    candidates of the same reply); absent when the run keeps no similarity index.
+    """
+    shares = split_cost(ctx.cost_micro, len(screened))
+    accepted = 0
+    out: list[Decision] = []
+    for i, s in enumerate(screened):
+        reason = s.reason
+        novelty = None
+        if reason is None and i in similarities:
+            novelty = 1.0 - similarities[i]
+            if ctx.near_dup is not None and similarities[i] >= ctx.near_dup:
+                reason = NEAR_DUPLICATE
+        if reason is None and ctx.open_slots is not None and accepted >= ctx.open_slots:
+            reason = OVER_TARGET  # valid, but the reply gave more than the target allows
+        ok = reason is None
+        accepted += ok
+        out.append(Decision(s.example, ok, reason, None if ok else s.candidate.raw, shares[i], novelty))
+    return out

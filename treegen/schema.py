@@ -1,0 +1,118 @@
+"""JSON schemas that constrain a reply to exactly k examples, and the request dialects that carry them.
+
+A reply constrained by ``example_schema(fmt, k)`` is one object ``{"examples": [...]}``
+holding exactly k example objects of the task format; ``treegen.parsing.parse_reply``
+already unwraps such a wrapper, so the rest of the pipeline does not change.
+
+Servers take the schema in different shapes ("dialects"):
+
+- ``json_schema``: ``{"type": "json_schema", "json_schema": {"name", "strict", "schema"}}``,
+  the OpenAI shape, also accepted by Azure OpenAI, vLLM and Ollama's OpenAI endpoint
+  (Ollama passes ``json_schema.schema`` on as its ``format``).
+- ``json_object``: ``{"type": "json_object", "schema": ...}``, what llama-cpp-python's
+  server accepts (it turns the schema into a grammar); it answers the ``json_schema``
+  shape with a 422 validation error.
+- ``off``: no ``response_format``; the prompt alone asks for JSON.
+
+``auto`` tries them in the order of ``fallback_dialects`` and moves on when the server
+refuses one (``is_response_format_refusal``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from treegen.errors import ConfigError
+from treegen.task import YESNO_OPTIONS, TaskFormat
+
+DIALECTS = ("json_schema", "json_object", "off")
+SCHEMA_NAME = "examples"
+
+# Words a server's 400/422 names when it does not take our response_format (OpenAI,
+# vLLM, llama-cpp-python's pydantic validation, LiteLLM proxies). Checked lower-case.
+_REFUSAL_WORDS = ("response_format", "json_schema", "schema")
+
+
+def example_schema(fmt: TaskFormat, k: int) -> dict[str, Any]:
+    """Schema of ``{"examples": [...]}`` with exactly ``k`` examples of format ``fmt``.
+
+    Every object lists all its properties as required and forbids others, as OpenAI's
+    strict mode demands. A closed-book format has no ``context`` property at all (rather
+    than a nullable one) so that a constrained model cannot spend tokens on it.
+    """
+    if k < 1:
+        raise ConfigError(f"k must be at least 1 to build a schema, got {k}. Ask for one or more examples per call.")
+    properties: dict[str, Any] = {"question": {"type": "string"}}
+    if fmt.has_context:
+        properties["context"] = {"type": "string"}
+    if fmt.kind == "yesno":
+        options: dict[str, Any] = {
+            "type": "array",
+            "items": {"type": "string"},
+            "minItems": 2,
+            "maxItems": 2,
+            "const": list(YESNO_OPTIONS),
+        }
+        label: dict[str, Any] = {"type": "string", "enum": list(YESNO_OPTIONS)}
+    else:
+        options = {
+            "type": "array",
+            "items": {"type": "string"},
+            "minItems": fmt.n_options,
+            "maxItems": fmt.n_options,
+        }
+        label = {"type": "string"}
+    properties["options"] = options
+    properties["label"] = label
+    item = {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "examples": {"type": "array", "items": item, "minItems": k, "maxItems": k},
+        },
+        "required": ["examples"],
+        "additionalProperties": False,
+    }
+
+
+def response_format(schema: dict[str, Any], dialect: str) -> dict[str, Any] | None:
+    """The ``response_format`` request field carrying ``schema`` in ``dialect``; None for "off"."""
+    if dialect == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "strict": True, "schema": schema}}
+    if dialect == "json_object":
+        return {"type": "json_object", "schema": schema}
+    if dialect == "off":
+        return None
+    raise ConfigError(f"Unknown structured-output dialect {dialect!r}. Use one of: auto, {', '.join(DIALECTS)}.")
+
+
+def fallback_dialects(start: str) -> list[str]:
+    """The dialects to try, in order, beginning at ``start`` ("auto" means from the first)."""
+    if start == "auto":
+        return list(DIALECTS)
+    if start not in DIALECTS:
+        raise ConfigError(f"Unknown structured-output dialect {start!r}. Use one of: auto, {', '.join(DIALECTS)}.")
+    return list(DIALECTS[DIALECTS.index(start):])
+
+
+def is_response_format_refusal(status: int, message: str) -> bool:
+    """True when an error answer says the server does not take our ``response_format``.
+
+    Then the request is worth repeating with the next dialect; any other error is a real
+    error of the request and must not be hidden by a fallback. 400/422 qualify when the
+    message names response_format, json_schema or schema. 500 qualifies only when it names
+    ``response_format``: llama-cpp-python's server (0.3.x) answers the json_schema dialect
+    with a 500 whose message is its request validation error
+    (``('body', 'response_format', 'type') ... Input should be 'text' or 'json_object'``).
+    """
+    text = (message or "").lower()
+    if status in (400, 422):
+        return any(word in text for word in _REFUSAL_WORDS)
+    if status == 500:
+        return "response_format" in text
+    return False
