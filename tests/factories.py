@@ -168,5 +168,9 @@ def build_run(
     ])
     add_call(6, "lost", 2, [d], reserved_micro=700, reserved_tokens=1800)
     add_call(7, "pending", 3, [node_id - 3], reserved_micro=950, reserved_tokens=1900)
+    # The scenario's clock: the store stamps the present time; set the scenario's instead.
+    with store.transaction() as c:
+        c.executemany("update nodes set created_at = ? where id = ?", [(_ts(i), i) for i in range(1, len(seeds) + 1)])
+        c.execute("update runs set updated_at = ?", [_ts(120)])
     store.close()
     return path

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from treegen.budget import BudgetReached, Caps, Ledger
-from treegen.engine import split_cost
-from treegen.client import RateLimiter, backoff_seconds
+from treegen.acceptance import split_cost
+from treegen.client import backoff_seconds
+from treegen.ratelimit import RateLimiter
 
 
 def test_reservation_that_would_cross_the_cap_is_refused():

@@ -8,12 +8,12 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from test_evaluation import make_run
+from test_evaluation import make_run, results
 from treegen import datasets
 from treegen.cli import app
 from treegen.cli_students import register
 from treegen.compare import latest_metrics, mean_std, pgr
-from treegen.store import open_db, utcnow
+from treegen.store import RunStore, utcnow
 
 if "compare" not in {c.name for c in app.registered_commands}:
     register(app)
@@ -40,14 +40,14 @@ def test_mean_std_formatting():
 
 def test_latest_metrics(tmp_path, datasets_dir):
     run = make_run(tmp_path / "r", "strategyqa", 10)
-    db = open_db(run / "treegen.db")
-    assert latest_metrics(db) == ({}, None)
-    db["metrics"].insert_all([
-        {"name": "mauve", "value": 0.5, "created_at": "2026-01-01T00:00:00"},
-        {"name": "mauve", "value": 0.7, "created_at": "2026-01-02T00:00:00"},
-        {"name": "contamination_rate", "value": 0.2, "created_at": "2026-01-01T00:00:00"},
-    ])
-    assert latest_metrics(db) == ({"mauve": 0.7}, 0.2)
+    with RunStore.open(run) as db:
+        assert latest_metrics(db) == ({}, None)
+        db.insert_metrics([
+            {"name": "mauve", "value": 0.5, "created_at": "2026-01-01T00:00:00"},
+            {"name": "mauve", "value": 0.7, "created_at": "2026-01-02T00:00:00"},
+            {"name": "contamination_rate", "value": 0.2, "created_at": "2026-01-01T00:00:00"},
+        ])
+        assert latest_metrics(db) == ({"mauve": 0.7}, 0.2)
 
 
 def test_compare_runs_md_csv_png(tmp_path, datasets_dir):
@@ -55,11 +55,11 @@ def test_compare_runs_md_csv_png(tmp_path, datasets_dir):
                  tokens=40_000)
     b = make_run(tmp_path / "run-bfs", "creak", 200, simulated=0, strategy="bfs", offset=300,
                  spent_micro=50_000, tokens=20_000)
-    db = open_db(b / "treegen.db")
-    db["metrics"].insert_all([
-        {"name": "contamination_rate", "value": 0.08, "created_at": utcnow()},
-        {"name": "distinct_4", "value": 0.91, "created_at": utcnow()},
-    ])
+    with RunStore.open(b) as db:
+        db.insert_metrics([
+            {"name": "contamination_rate", "value": 0.08, "created_at": utcnow()},
+            {"name": "distinct_4", "value": 0.91, "created_at": utcnow()},
+        ])
     out = tmp_path / "cmp"
     r = runner.invoke(app, ["compare", str(a), str(b), "--task", "creak", "--seeds", "0", "--out", str(out),
                             "--human-limit", "3000"], env={"COLUMNS": "250"})
@@ -82,8 +82,7 @@ def test_compare_runs_md_csv_png(tmp_path, datasets_dir):
     assert float(tree["floor"]) == pytest.approx(floor)
     accs = {}
     for folder in (a, tmp_path / "cmp" / "human"):
-        for x in open_db(folder / "treegen.db").query(
-                "select seed, accuracy from student_results where dataset = 'creak' and role = 'id'"):
+        for x in [r for r in results(folder) if r["dataset"] == "creak" and r["role"] == "id"]:
             accs.setdefault(folder.name, {})[x["seed"]] = x["accuracy"]
     human_mean = accs["human"][0]
     assert human_mean > floor + 0.02  # 3,000 human rows: the reference beats the floor
@@ -92,11 +91,11 @@ def test_compare_runs_md_csv_png(tmp_path, datasets_dir):
     assert float(tree["id_acc_mean"]) == pytest.approx(accs["run-tree"][0])
     assert f"{expected:.1f}" in md
     # Running again reuses the trained students and stored results: no new rows.
-    n_before = open_db(a / "treegen.db")["student_results"].count
+    n_before = len(results(a))
     r = runner.invoke(app, ["compare", str(a), "--task", "creak", "--seeds", "0", "--out", str(out),
                             "--human-limit", "3000"])
     assert r.exit_code == 0, r.output
-    assert open_db(a / "treegen.db")["student_results"].count == n_before
+    assert len(results(a)) == n_before
 
 
 def test_compare_bad_input(tmp_path, datasets_dir):
@@ -109,3 +108,45 @@ def test_compare_bad_input(tmp_path, datasets_dir):
     assert r.exit_code == 2 and "mcqa_5" in r.output
     r = runner.invoke(app, ["compare", str(ok), "--task", "strategyqa", "--seeds", "a,b"])
     assert r.exit_code == 2 and "--seeds" in r.output
+
+
+def test_plot_labels_each_run_joins_only_its_own_seeds_and_shows_ood_beside_id():
+    from treegen.compare import Row, figure
+
+    header = {"task": "creak", "student": "lexical", "seeds": [0, 1], "floor": 0.5,
+              "ood": ["boolq_close", "strategyqa"]}
+    a = Row("run-a", "tree", True, 100, 20_000, 1000, id_acc=[0.60, 0.64],
+            ood_acc={"boolq_close": [0.55, 0.57], "strategyqa": [0.51, 0.53]})
+    b = Row("run-b", "tree", False, 100, 50_000, 1000, id_acc=[0.70, 0.66],
+            ood_acc={"boolq_close": [0.58, 0.60], "strategyqa": [0.52, 0.50]})
+    human = Row("human", "human (D_L)", False, None, None, None, id_acc=[0.8, 0.8],
+                ood_acc={"boolq_close": [0.6, 0.6], "strategyqa": [0.55, 0.55]})
+    fig = figure([a, b], human, header)
+    try:
+        id_ax, ood_ax = fig.axes
+        assert "ID" in id_ax.get_ylabel() and "OOD" in ood_ax.get_ylabel()
+        for ax, means in ((id_ax, {0.02: 62.0, 0.05: 68.0}), (ood_ax, {0.02: 54.0, 0.05: 55.0})):
+            assert sorted(t.get_text() for t in ax.texts) == ["run-a (SIMULATED)", "run-b"]
+            for line in ax.get_lines():
+                xs = list(line.get_xdata())
+                if len(set(xs)) > 1:  # a horizontal reference spans the axes; nothing else may join runs
+                    assert len(set(line.get_ydata())) == 1
+            points = {round(float(t.xy[0]), 3): t.xy[1] for t in ax.texts}
+            assert points == pytest.approx(means)
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+def test_compare_json(tmp_path, datasets_dir):
+    a = make_run(tmp_path / "run-j", "creak", 60, simulated=0, spent_micro=30_000)
+    r = runner.invoke(app, ["compare", str(a), "--task", "creak", "--seeds", "0", "--out", str(tmp_path / "cmp"),
+                            "--human-limit", "200", "--limit", "40", "--json"], env={"COLUMNS": "40"})
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["task"] == "creak" and [x["run"] for x in doc["runs"]] == ["run-j"]
+    run = doc["runs"][0]
+    assert run["spent_micro"] == 30_000 and run["accepted"] == 60 and run["simulated"] is False
+    assert set(run["ood_accuracy"]) == set(datasets.ood_tasks("creak"))
+    assert doc["human"]["accepted"] == 200 and (tmp_path / "cmp" / "compare-creak-lexical.png").is_file()

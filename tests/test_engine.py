@@ -235,7 +235,7 @@ def test_near_duplicates_are_rejected_inside_the_loop(tmp_path, yesno_seeds, str
     import numpy as np
 
     from treegen.embedders import get_embedder
-    from treegen.store import open_run, run_examples
+    from treegen.store import RunStore
 
     result = cli("run", yesno_seeds, "--backend", "sim", "--sim-pool", strategyqa_pool, "-s", "tree",
                  "--near-dup", 0.35, "--embedder", "hashing", "--target", 20, "--max-usd", 0.2, "--out", tmp_path, "--quiet", "-c", 2)
@@ -243,7 +243,7 @@ def test_near_duplicates_are_rejected_inside_the_loop(tmp_path, yesno_seeds, str
     run = only_run(tmp_path)
     assert q(run, "select count(*) from nodes where reason = 'near-duplicate'")[0][0] > 0
     # No two accepted examples (nor an accepted one and a seed) are at or above the threshold.
-    examples = run_examples(open_run(run), include_seeds=True)
+    examples = RunStore.open(run, readonly=True).examples(include_seeds=True)
     vecs = get_embedder("hashing").embed([e.text() for e in examples])
     sims = vecs @ vecs.T
     np.fill_diagonal(sims, 0)

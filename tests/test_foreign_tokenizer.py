@@ -10,10 +10,12 @@ import json
 
 import httpx
 
+from treegen.api import create_run
 from treegen.budget import Caps
-from treegen.engine import Engine, RunConfig, create_run
+from treegen.config import RunConfig
+from treegen.engine import Engine
+from treegen.prices import ModelPrice
 from treegen.task import example_from_dict
-from treegen.store import open_db
 from treegen.tokens import count_messages
 
 SEED = {"question": "Is a kilogram of feathers as heavy as a kilogram of iron?", "context": None,
@@ -45,19 +47,19 @@ def make_handler(ratio: float, seen: list):
 
 
 def test_foreign_tokenizer_stays_under_the_dollar_cap(tmp_path):
-    price = {"model": "llama3:8b", "input": 1_000_000, "cached_input": 1_000_000, "output": 1_000_000,
-             "batch_input": 1_000_000, "batch_output": 1_000_000}  # $1 per 1M tokens
+    price = ModelPrice(model="llama3:8b", input=1_000_000, cached_input=1_000_000, output=1_000_000,
+                       batch_input=1_000_000, batch_output=1_000_000)  # $1 per 1M tokens
     cap = 5_000  # $0.005
     cfg = RunConfig(task_format="yesno_close", strategy="naive", model="llama3:8b",
                     base_url="http://llm.invalid/v1", k=3, max_output_tokens=200, concurrency=8,
-                    caps=Caps(max_usd_micro=cap), price=price)
-    _, run_dir = create_run(cfg, [example_from_dict(SEED)], tmp_path)
-    db = open_db(run_dir / "treegen.db")
+                    caps=Caps(max_usd_micro=cap), price=price, structured="off")
+    store = create_run(cfg, [example_from_dict(SEED)], tmp_path)
+    db = store.conn
     seen: list = []
 
     async def go():
         client = httpx.AsyncClient(transport=httpx.MockTransport(make_handler(1.8, seen)))
-        engine = Engine(db, cfg, api_key="x", http_client=client)
+        engine = Engine(store, cfg, cfg.base_url, api_key="x", http_client=client)
         result = await engine.run()
         return engine, result
 

@@ -13,12 +13,13 @@ from treegen.errors import InputError
 from treegen.task import TaskFormat, example_from_dict, load_examples
 from treegen.export import export_run, meta_path
 from treegen.lineage import build_tree, depth_profile, export_graphml, subtree_accepted, subtree_cost
-from treegen.store import open_run, run_examples
+from treegen.store import RunStore
 
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
-    return open_run(build_run(tmp_path_factory.mktemp("lin") / "run-sim"))
+    with RunStore.open(build_run(tmp_path_factory.mktemp("lin") / "run-sim"), readonly=True) as store:
+        yield store
 
 
 def test_tree_shape_and_attributes(db):
@@ -82,7 +83,7 @@ def test_export_plain_writes_meta(db, tmp_path):
     rows = [json.loads(x) for x in lines]
     assert all(list(r) == ["question", "context", "options", "label"] for r in rows)
     fmt = TaskFormat.parse("yesno_close")
-    assert [example_from_dict(r, fmt) for r in rows] == run_examples(db)
+    assert [example_from_dict(r, fmt) for r in rows] == db.examples()
     # The file reads back with treegen's own loader, as a seed or training file would.
     examples, got_fmt = load_examples(out)
     assert got_fmt == fmt and len(examples) == n
@@ -119,7 +120,7 @@ def test_export_refuses_to_overwrite(db, tmp_path):
 
 
 def test_export_of_a_real_run_says_not_simulated(tmp_path):
-    real = open_run(build_run(tmp_path / "real", simulated=False, run_id="run-real"))
+    real = RunStore.open(build_run(tmp_path / "real", simulated=False, run_id="run-real"), readonly=True)
     out = tmp_path / "real.jsonl"
     export_run(real, out, lineage=True)
     assert json.loads(meta_path(out).read_text())["simulated"] is False
@@ -132,7 +133,7 @@ def test_cli_export_and_lineage(db, tmp_path):
 
     register(app)
     runner = CliRunner()
-    run_dir = db.execute("pragma database_list").fetchone()[2].rsplit("/", 1)[0]
+    run_dir = str(db.run_dir)
     out = tmp_path / "cli.jsonl"
     r = runner.invoke(app, ["export", run_dir, "-o", str(out), "--lineage"])
     assert r.exit_code == 0, r.output
@@ -141,3 +142,114 @@ def test_cli_export_and_lineage(db, tmp_path):
     assert r.exit_code == 2 and "--force" in r.output
     r = runner.invoke(app, ["lineage", run_dir, str(tmp_path / "t.graphml"), "--accepted-only"])
     assert r.exit_code == 0 and "8 nodes" in r.output
+
+
+# ---- formats, dataset card, stdout, and outputs that cannot be written ------------------------
+
+def _card(folder):
+    return (folder / "README.md").read_text(encoding="utf-8")
+
+
+def test_card_says_simulated_and_holds_the_run_facts(db, tmp_path):
+    out = tmp_path / "data.jsonl"
+    export_run(db, out)
+    card = _card(tmp_path)
+    assert "SIMULATED" in card and "REAL" not in card.replace("REAL model", "")
+    assert "gpt-4o-mini" in card and "| strategy | tree |" in card
+    assert "--max-usd 0.005" in card and "max_usd_micro" not in card  # caps under their flag names
+    assert "| label-not-in-options | 1 |" in card and "| accepted / rejected | 5 / 4 |" in card
+    assert "$0.00298 over 7 calls" in card
+
+
+def test_card_of_a_real_run_says_real(tmp_path):
+    with RunStore.open(build_run(tmp_path / "real", simulated=False, run_id="run-real"), readonly=True) as real:
+        export_run(real, tmp_path / "real.csv")
+    card = _card(tmp_path)
+    assert "**REAL** model output: `gpt-4o-mini`" in card and "SIMULATED" not in card
+
+
+def test_csv_and_parquet_hold_the_same_rows(db, tmp_path):
+    import csv
+
+    pq = pytest.importorskip("pyarrow.parquet")
+    want = [e.to_dict() for e in db.examples()]
+    assert export_run(db, tmp_path / "d.csv", lineage=True) == len(want)
+    with (tmp_path / "d.csv").open(newline="", encoding="utf-8") as fh:
+        got = list(csv.DictReader(fh))
+    assert [{**{k: r[k] for k in ("question", "context", "label")}, "options": json.loads(r["options"])} for r in got] \
+        == [{**w, "context": w["context"] or ""} for w in want]
+    assert {r["treegen_node_id"] for r in got} == {"4", "5", "7", "9", "10"}
+    assert export_run(db, tmp_path / "d.parquet", lineage=True) == len(want)
+    rows = pq.read_table(tmp_path / "d.parquet").to_pylist()
+    assert [{k: r[k] for k in ("question", "context", "options", "label")} for r in rows] == want
+    assert rows[3]["_treegen"]["parent_id"] == 4 and rows[3]["_treegen"]["simulated"] is True
+
+
+def test_hf_dataset_folder_round_trip(db, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    out = tmp_path / "hf"
+    assert export_run(db, out) == SCENARIO["accepted"]  # no extension: a dataset folder
+    ds = datasets.load_from_disk(str(out))
+    assert ds.num_rows == SCENARIO["accepted"] and ds[0] == db.examples()[0].to_dict()
+    assert "SIMULATED" in _card(out) and json.loads((out / "treegen_meta.json").read_text())["simulated"] is True
+    with pytest.raises(InputError, match="--force"):
+        export_run(db, out)
+    assert export_run(db, out, force=True, include_seeds=True) == SCENARIO["accepted"] + SCENARIO["seeds"]
+    assert datasets.load_from_disk(str(out)).num_rows == 8
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_format_flag_and_unknown_extension(db, tmp_path):
+    assert export_run(db, tmp_path / "rows.txt", fmt="jsonl") == SCENARIO["accepted"]
+    with pytest.raises(InputError, match="--format"):
+        export_run(db, tmp_path / "rows.txt2")
+
+
+def test_full_disk_leaves_nothing(db, tmp_path, monkeypatch):
+    import errno
+
+    import treegen.export as ex
+
+    def fill(fh, items):
+        fh.write("partial row\n")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ex, "write_jsonl_to", fill)
+    with pytest.raises(ex.OutputError, match="disk is full") as info:
+        export_run(db, tmp_path / "data.jsonl")
+    assert info.value.exit_code == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_formats_stdout_and_errors(db, tmp_path, monkeypatch):
+    from treegen.cli import app
+
+    runner = CliRunner()
+    run_dir = str(db.run_dir)
+    r = runner.invoke(app, ["export", run_dir, "-o", "-"])
+    assert r.exit_code == 0, r.output
+    lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
+    assert [json.loads(x) for x in lines] == [e.to_dict() for e in db.examples()]
+    r = runner.invoke(app, ["export", run_dir, "-o", str(tmp_path / "no" / "such" / "d.jsonl")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    r = runner.invoke(app, ["export", run_dir, "-o", str(tmp_path / "d.parquet")])
+    assert r.exit_code == 0 and "parquet" in r.output and (tmp_path / "README.md").exists()
+    r = runner.invoke(app, ["lineage", run_dir, str(tmp_path / "missing" / "t.graphml")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    # Without a token the push stops before any network access, with what to do.
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    r = runner.invoke(app, ["export", run_dir, "--push-to-hub", "someone/data"])
+    assert r.exit_code == 2 and "huggingface-cli login" in r.output
+
+
+def test_a_readme_treegen_did_not_write_is_kept(db, tmp_path):
+    (tmp_path / "README.md").write_text("my notes\n")
+    with pytest.raises(InputError, match="not written by treegen"):
+        export_run(db, tmp_path / "data.jsonl")
+    assert (tmp_path / "README.md").read_text() == "my notes\n" and not (tmp_path / "data.jsonl").exists()
+    export_run(db, tmp_path / "data.jsonl", force=True)
+    export_run(db, tmp_path / "data.csv")  # our own card is replaced by the next export's
+    assert "data.csv" not in _card(tmp_path) and "(csv;" in _card(tmp_path)

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from treegen import metrics
 from treegen.datasets import load_split
 from treegen.embedders import get_embedder
-from treegen.task import Example, dedup_key
-from treegen.store import open_db
+from treegen.store import RunStore, node_row
+from treegen.task import Example
 
 # ---------------------------------------------------------------- diversity, known answers
 
@@ -171,24 +171,41 @@ def _app():
 
 
 def _build_run(folder: Path, accepted: list[Example], seeds: list[Example], simulated: int = 1) -> Path:
-    """A run database with real examples: seeds at depth 0, accepted nodes spread over depths 1-3."""
+    """A run database with real examples: seeds at depth 0, accepted nodes spread over depths 1-3,
+    written through ``RunStore`` (seeds by ``create``, the rest by ``record_reply``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    db = open_db(folder / "treegen.db")
-    db["runs"].insert({"id": folder.name, "created_at": "2026-01-01T00:00:00+00:00", "status": "completed",
-                       "simulated": simulated, "task_format": "yesno_close", "strategy": "tree", "config": "{}"})
-    seed_ids = []
-    for ex in seeds:
-        row = db["nodes"].insert({"status": "seed", "depth": 0, "question": ex.question, "context": ex.context,
-                                  "options": json.dumps(list(ex.options)), "label": ex.label,
-                                  "dedup_key": dedup_key(ex)}).last_pk
-        db["nodes"].update(row, {"root_id": row})
-        seed_ids.append(row)
-    for i, ex in enumerate(accepted):
-        db["nodes"].insert({"status": "accepted", "depth": 1 + i % 3, "root_id": seed_ids[i % len(seed_ids)],
-                            "parent_id": seed_ids[i % len(seed_ids)], "question": ex.question, "context": ex.context,
-                            "options": json.dumps(list(ex.options)), "label": ex.label, "dedup_key": dedup_key(ex)})
-    db["nodes"].insert({"status": "rejected", "reason": "invalid-json", "raw": "{", "depth": 1})
+    store = RunStore.create(folder / "treegen.db", {
+        "id": folder.name, "created_at": "2026-01-01T00:00:00+00:00", "status": "completed",
+        "simulated": simulated, "task_format": "yesno_close", "strategy": "tree", "config": "{}"}, seeds)
+    with store:
+        seed_ids = [r["id"] for r in store.nodes(statuses=("seed",))]
+        store.insert_call({"id": 1, "created_at": "2026-01-01T00:00:01+00:00", "status": "ok", "attempt": 1,
+                           "strategy": "tree", "depth": 1})
+        rows = [node_row(ex, parent_id=seed_ids[i % len(seed_ids)], root_id=seed_ids[i % len(seed_ids)],
+                         depth=1 + i % 3, call_id=None, strategy="tree", status="accepted", reason=None)
+                for i, ex in enumerate(accepted)]
+        rows.append(node_row(None, parent_id=None, root_id=None, depth=1, call_id=None, strategy="tree",
+                             status="rejected", reason="invalid-json", raw="{"))
+        store.record_reply(1, {"n_parsed": len(rows)}, rows, [])
     return folder
+
+
+def _metric_rows(run: Path) -> dict[str, dict]:
+    """The stored ``metrics`` rows by name (latest wins), read from the run database read-only.
+
+    RunStore has no reader for whole metric rows (only ``latest_metric``), so the test reads the
+    table itself, without SQL, through sqlite_utils.
+    """
+    import sqlite3
+
+    import sqlite_utils
+
+    conn = sqlite3.connect(f"file:{run / 'treegen.db'}?mode=ro", uri=True)
+    try:
+        db = sqlite_utils.Database(conn)
+        return {r["name"]: r for r in db["metrics"].rows} if db["metrics"].exists() else {}
+    finally:
+        conn.close()
 
 
 def test_cli_run_stores_figures_marks_simulated_and_flags_contamination(tmp_path, datasets_dir):
@@ -205,8 +222,7 @@ def test_cli_run_stores_figures_marks_simulated_and_flags_contamination(tmp_path
     assert out["metrics"]["contamination_rate"]["value"] == pytest.approx(3 / 63)
     assert {"drift_depth_1", "drift_depth_2", "drift_depth_3"} <= set(out["metrics"])
     assert not any(n.startswith("CONTAMINATED") for n in out["notes"])  # 4.8 %, under the 5 % flag
-    db = open_db(run / "treegen.db")
-    rows = {r["name"]: r for r in db["metrics"].rows}
+    rows = _metric_rows(run)
     assert rows["contamination_rate"]["value"] == pytest.approx(3 / 63)
     assert rows["mauve"]["simulated"] == 1 and rows["mauve"]["reference"] == "strategyqa"
     assert json.loads(rows["distinct_1"]["params"])["K"] == out["metrics"]["distinct_k_tokens"]["value"]
@@ -249,8 +265,30 @@ def test_cli_bad_input_exits_2_and_stores_nothing(tmp_path, datasets_dir):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)
-    db = open_db(run / "treegen.db")
-    assert db["metrics"].count == 0
+    assert len(_metric_rows(run)) == 0
     empty = _build_run(tmp_path / "r3", accepted=[], seeds=train[:2])
     result = CliRunner().invoke(app, ["metrics", str(empty), "--reference", "strategyqa"])
     assert result.exit_code == 2 and "0 accepted" in result.output
+
+
+def test_cli_reports_every_step_on_stderr(tmp_path, datasets_dir):
+    created = load_split("creak", "dev", limit=40)[0]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(e.to_json() + "\n" for e in created), encoding="utf-8")
+    result = CliRunner().invoke(_app(), ["metrics", str(data), "--reference", "creak", "--embedder", "hashing",
+                                         "--json"])
+    assert result.exit_code == 0, result.output
+    json.loads(result.stdout)  # the progress lines are on stderr only
+    for step in ("distinct-n", "self-BLEU", "embedding the created items", "MAUVE", "faithfulness (lexical student)",
+                 "complexity (lexical student)", "performance (lexical student)", "contamination"):
+        assert f"{step} ..." in result.stderr, (step, result.stderr)
+
+
+def test_measure_reports_each_step_start_and_end():
+    created = [Example(f"Is thing {i} heavy?", ("True", "False"), "True" if i % 2 else "False") for i in range(12)]
+    seen: list[tuple[int, int, str]] = []
+    metrics.measure(created, metrics.Reference("ref", created), embedder="hashing", student=None,
+                    on_progress=lambda d, t, w: seen.append((d, t, w)))
+    steps = [w for d, t, w in seen if (d, t) == (0, 1)]
+    assert steps[:3] == ["distinct-n", "self-BLEU", "loading the hashing embedder"] and "MAUVE" in steps
+    assert [w for d, t, w in seen if (d, t) == (1, 1)] == steps  # every step that starts ends

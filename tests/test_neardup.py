@@ -7,7 +7,17 @@ import pytest
 
 from treegen.embedders import get_embedder
 from treegen.errors import ConfigError
-from treegen.neardup import NearDuplicateIndex
+from treegen import neardup
+from treegen.neardup import BLOCK_ROWS, FLOAT16_ERROR, NearDuplicateIndex
+
+
+@pytest.fixture(params=["faiss", "numpy"])
+def backend(request, monkeypatch):
+    """Each test of the index runs on both storages: faiss's fp16 index and numpy's blocks."""
+    if request.param == "faiss":
+        pytest.importorskip("faiss")
+    monkeypatch.setattr(neardup, "_USE_FAISS", request.param == "faiss")
+    return request.param
 
 
 def _unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -15,20 +25,53 @@ def _unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_max_similarity_matches_brute_force_across_growth():
+def test_max_similarity_matches_brute_force_across_growth(backend):
     rng = np.random.default_rng(0)
     stored = _unit_rows(rng, 1000, 24)
     index = NearDuplicateIndex(24, 0.9)
-    # Uneven chunks force several doublings of the preallocated matrix (initial capacity 256).
+    assert index.backend.startswith(backend)
     for start in range(0, 1000, 37):
         index.add(stored[start : start + 37])
     assert len(index) == 1000
     queries = _unit_rows(rng, 50, 24)
     expected = (queries @ stored.T).max(axis=1)
-    np.testing.assert_allclose(index.max_similarity(queries), expected, rtol=0, atol=1e-5)
+    # Stored as float16: within the rounding bound of float32, never further.
+    got = index.max_similarity(queries)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=FLOAT16_ERROR)
+    # and the same as an exact scan of the float16-rounded rows
+    rounded = stored.astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(got, (queries @ rounded.T).max(axis=1), rtol=0, atol=1e-6)
+    # a large batch (the metrics' path, block by block through BLAS) gives the same answers
+    many = _unit_rows(rng, 300, 24)
+    np.testing.assert_allclose(index.max_similarity(many), (many @ rounded.T).max(axis=1), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(index.max_similarity(many[:50]), index.max_similarity(many)[:50], rtol=0, atol=1e-6)
 
 
-def test_is_near_duplicate_uses_threshold():
+def test_blocks_fill_across_boundaries_and_store_two_bytes_a_coordinate(backend):
+    rng = np.random.default_rng(1)
+    dim = 384
+    n = 2 * BLOCK_ROWS + 123  # three blocks, the last partly filled
+    stored = _unit_rows(rng, n, dim)
+    index = NearDuplicateIndex(dim, 0.9)
+    index.add(stored[:5])
+    index.add(stored[5 : BLOCK_ROWS + 7])  # one add that crosses a block boundary
+    index.add(stored[BLOCK_ROWS + 7 :])
+    assert len(index) == n
+    # A query equal to a stored row in each block finds itself (the row's float16 copy).
+    picks = [0, BLOCK_ROWS - 1, BLOCK_ROWS, BLOCK_ROWS + 6, n - 1]
+    sims = index.max_similarity(stored[picks])
+    assert np.all(np.abs(sims - 1.0) <= FLOAT16_ERROR)
+    batched = index.max_similarity(np.repeat(stored[picks], 20, axis=0))  # > 64 rows: the block path
+    assert np.all(np.abs(batched - 1.0) <= FLOAT16_ERROR)
+    # 2 bytes a coordinate: 768 bytes a MiniLM node (numpy: plus at most one block's unused
+    # rows, whose np.zeros pages are only mapped when written).
+    if backend == "faiss":
+        assert index.stored_bytes == n * dim * 2
+    else:
+        assert index.stored_bytes == 3 * BLOCK_ROWS * dim * 2
+
+
+def test_is_near_duplicate_uses_threshold(backend):
     index = NearDuplicateIndex(3, 0.9)
     assert index.is_near_duplicate(np.array([1.0, 0.0, 0.0])) == (False, float("-inf"))  # empty index
     index.add(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
@@ -51,7 +94,7 @@ def test_bad_dimension_and_threshold_are_config_errors():
         index.add(np.ones((2, 4), dtype=np.float32))
 
 
-def test_real_paraphrase_is_caught_and_other_question_is_not(strategyqa_pool):
+def test_real_paraphrase_is_caught_and_other_question_is_not(strategyqa_pool, backend):
     from treegen.task import load_examples
 
     examples, _ = load_examples(strategyqa_pool)
@@ -63,6 +106,69 @@ def test_real_paraphrase_is_caught_and_other_question_is_not(strategyqa_pool):
     reworded = accepted[20].rstrip("?") + " at all?"
     unrelated = examples[500].question
     sims = index.max_similarity(emb.embed([copy_with_typo_case, reworded, unrelated]))
-    assert sims[0] == pytest.approx(1.0, abs=1e-5)
+    assert sims[0] == pytest.approx(1.0, abs=FLOAT16_ERROR)
     assert sims[1] >= 0.8
     assert sims[2] < 0.8
+
+
+def _embed_concurrently(emb, groups, window=0.003):
+    import asyncio
+
+    from treegen.embedders import embed_async
+
+    calls = []
+    real_embed = emb.embed
+
+    def counting_embed(texts):
+        calls.append(len(texts))
+        return real_embed(texts)
+
+    async def main():
+        emb.embed = counting_embed
+        try:
+            return await asyncio.gather(*(embed_async(emb, g, window=window) for g in groups))
+        finally:
+            del emb.embed  # back to the class's method
+
+    return asyncio.run(main()), calls
+
+
+@pytest.mark.parametrize("name", ["hashing", "minilm"])
+def test_embed_async_batches_concurrent_callers_and_gives_the_synchronous_rows(name, strategyqa_pool):
+    from treegen.task import load_examples
+
+    examples, _ = load_examples(strategyqa_pool)
+    texts = [e.text() for e in examples[:40]]
+    groups = [texts[0:5], texts[5:6], texts[6:20], texts[20:40]]
+    emb = get_embedder(name)
+    results, calls = _embed_concurrently(emb, groups)
+    assert calls == [40]  # four callers, one forward pass
+    for group, rows in zip(groups, results):
+        expected = emb.embed(group)
+        assert rows.shape == expected.shape
+        # MiniLM pads a batch to its longest text: the masked padding changes rows only by rounding.
+        np.testing.assert_allclose(rows, expected, rtol=0, atol=1e-5 if name == "minilm" else 0)
+
+
+def test_embed_async_is_off_the_loop_and_errors_reach_every_caller():
+    import asyncio
+    import threading
+
+    from treegen.embedders import embed_async
+
+    seen_threads = []
+
+    class Broken:
+        name, dim = "broken", 3
+
+        def embed(self, texts):
+            seen_threads.append(threading.current_thread())
+            raise RuntimeError("model crashed")
+
+    async def main():
+        return await asyncio.gather(embed_async(Broken(), ["a"]), embed_async(Broken(), ["b"]),
+                                    return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert [str(o) for o in outcomes] == ["model crashed", "model crashed"]
+    assert seen_threads and all(t is not threading.main_thread() for t in seen_threads)

@@ -10,18 +10,22 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from factories import SCENARIO, build_run
-from treegen.reports import by_depth, by_strategy, render_status, run_summary
-from treegen.store import open_run
+from treegen.render import render_status
+from treegen.reports import by_depth, by_strategy, run_list, run_summary
+from treegen.store import RunStore
 
 
 @pytest.fixture(scope="module")
 def sim_db(tmp_path_factory):
-    return open_run(build_run(tmp_path_factory.mktemp("sim") / "run-sim"))
+    with RunStore.open(build_run(tmp_path_factory.mktemp("sim") / "run-sim"), readonly=True) as store:
+        yield store
 
 
 @pytest.fixture(scope="module")
 def real_db(tmp_path_factory):
-    return open_run(build_run(tmp_path_factory.mktemp("real") / "run-real", simulated=False, run_id="run-real"))
+    path = build_run(tmp_path_factory.mktemp("real") / "run-real", simulated=False, run_id="run-real")
+    with RunStore.open(path, readonly=True) as store:
+        yield store
 
 
 def test_summary_counts_and_money(sim_db):
@@ -72,9 +76,8 @@ def test_breakdowns_add_up_to_the_totals(sim_db):
 
 
 def test_run_without_accepted_examples(tmp_path):
-    db = open_run(build_run(tmp_path / "r"))
-    db.execute("update nodes set status = 'rejected', reason = 'duplicate' where status = 'accepted'")
-    db.conn.commit()
+    db = RunStore.open(build_run(tmp_path / "r"))
+    db.conn.execute("update nodes set status = 'rejected', reason = 'duplicate' where status = 'accepted'")
     s = run_summary(db)
     assert s["accepted"] == 0 and s["cost_per_accepted_micro"] is None and s["tokens_per_accepted"] is None
     # All candidates rejected: every completion token of a call with candidates was wasted.
@@ -83,23 +86,19 @@ def test_run_without_accepted_examples(tmp_path):
 
 
 def test_elapsed_prefers_the_engines_tally(tmp_path):
-    db = open_run(build_run(tmp_path / "r"))
-    if "elapsed_seconds" not in db["runs"].columns_dict:
-        db["runs"].add_column("elapsed_seconds", float)
-    db.execute("update runs set elapsed_seconds = 90.0")
-    db.conn.commit()
+    db = RunStore.open(build_run(tmp_path / "r"))
+    db.conn.execute("update runs set elapsed_seconds = 90.0")
     # A finished session: the engine's tally, which leaves out pauses between sessions.
     assert run_summary(db)["elapsed_seconds"] == pytest.approx(90.0)
     assert run_summary(db)["calls_per_minute"] == pytest.approx(7 / 1.5)
-    db.execute("update runs set status = 'running'")
-    db.conn.commit()
+    db.conn.execute("update runs set status = 'running'")
     # Still running: the tally is stale, so the span of recorded activity is used.
     assert run_summary(db)["elapsed_seconds"] == pytest.approx(SCENARIO["elapsed_seconds"])
 
 
 def _render(db) -> str:
     buf = io.StringIO()
-    render_status(db, Console(file=buf, width=140, color_system=None))
+    render_status(run_summary(db), by_depth(db), by_strategy(db), Console(file=buf, width=140, color_system=None))
     return buf.getvalue()
 
 
@@ -119,7 +118,7 @@ def test_cli_status(sim_db):
 
     register(app)
     runner = CliRunner()
-    path = sim_db.execute("pragma database_list").fetchone()[2]
+    path = str(sim_db.path)
     r = runner.invoke(app, ["status", path, "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["spent_micro"] == 2980

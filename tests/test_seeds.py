@@ -154,21 +154,6 @@ def test_dedup_key_ignores_case_punctuation_and_option_order():
     assert dedup_key(a) == dedup_key(b) != dedup_key(c)
 
 
-def test_migrations_are_applied_once_and_recorded(tmp_path):
-    """Opening a database twice applies nothing the second time; every migration is named."""
-    from treegen.migrations import migrations
-    from treegen.store import open_db
-
-    db = open_db(tmp_path / "t.db")
-    applied = [m.name for m in migrations.applied(db)]
-    assert applied[0] == "m001_initial" and len(applied) == len(set(applied)) >= 3
-    db.close()
-    db = open_db(tmp_path / "t.db")
-    assert [m.name for m in migrations.applied(db)] == applied
-    assert not migrations.pending(db)
-    assert {"runs", "calls", "nodes", "metrics", "student_results"} <= set(db.table_names())
-
-
 # -- the loaders themselves: every bad file is a SeedFileError naming file, line and fix --
 
 def write(tmp_path, content: bytes, name: str = "seeds.jsonl"):

@@ -458,3 +458,33 @@ def test_content_faults_apply_in_structured_mode(seeds) -> None:
     for ex, (text, _) in zip(sample, replies(duplicate_rate=1.0)):
         keys = {dedup_key(example_from_dict(it)) for it in json.loads(text)["examples"]}
         assert keys == {dedup_key(ex)}
+
+
+def test_cli_new_flags_reach_the_config(monkeypatch) -> None:
+    import treegen.cli_sim as cli_sim
+
+    seen = {}
+
+    class NoServe(SimServer):
+        def serve_forever(self) -> None:
+            seen["config"] = self.simulator.config
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_sim, "SimServer", NoServe)
+    import typer
+
+    app = typer.Typer()
+    cli_sim.register(app)  # the sim group alone: no treegen.cli import
+    args = ["sim", "serve", "--port", "0", "--refuse-response-format", "json_schema,json_object", "--ignore-max-tokens",
+            "--usage-inflate", "5000000", "--body-fault", "html", "--body-fault-rate", "0.5", "--hang-rate", "0.1",
+            "--echo-auth", "--batch-delay-s", "2", "--batch-fail-rate", "0.2", "--batch-expire-rate", "0.1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cfg = seen["config"]
+    assert cfg.refuse_response_format == ["json_schema", "json_object"]
+    assert (cfg.ignore_max_tokens, cfg.usage_inflate, cfg.body_fault, cfg.body_fault_rate, cfg.hang_rate, cfg.echo_auth) == (
+        True, 5_000_000, "html", 0.5, 0.1, True)
+    assert (cfg.batch_delay_s, cfg.batch_fail_rate, cfg.batch_expire_rate) == (2.0, 0.2, 0.1)
+    bad = CliRunner().invoke(app, ["sim", "serve", "--port", "0", "--body-fault", "xml"])
+    # treegen.cli turns a ConfigError into exit code 2 with its message; here it arrives raw.
+    assert isinstance(bad.exception, ConfigError) and "--body-fault" in str(bad.exception)

@@ -202,3 +202,23 @@ def test_content_faults_apply_in_batches() -> None:
         for line in lines(client, batch.output_file_id):
             choice = line["response"]["body"]["choices"][0]
             assert choice["finish_reason"] == "length" and parse_reply(choice["message"]["content"])[-1].error == "truncated"
+
+
+def test_concurrent_reads_run_each_request_once() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with SimServer(SimConfig(batch_delay_s=0.4)) as server:
+        client = sdk(server)
+        batch = submit(client, 8)
+
+        def poll(_: int) -> str:
+            while (b := client.batches.retrieve(batch.id)).status != "completed":
+                time.sleep(0.01)
+            return b.output_file_id
+
+        with ThreadPoolExecutor(6) as pool:
+            file_ids = set(pool.map(poll, range(6)))
+        assert len(file_ids) == 1  # one output file, written once
+        out = lines(client, file_ids.pop())
+        assert sorted(x["custom_id"] for x in out) == sorted(f"req-{i}" for i in range(8))
+        assert server.stats()["batches"] == 1

@@ -14,7 +14,7 @@ def node(i, depth, root=1, q=None, novelty=None):
 
 def test_tree_is_breadth_first_and_seeded():
     def order(seed):
-        s = make_strategy("tree", StrategyParams(seed=seed, max_depth=3))
+        s = make_strategy("tree", StrategyParams(seed=seed, max_depth=3, expand_retries=0))
         s.start([node(1, 0)])
         job = s.next_job()
         s.on_result(job, [node(i, 1) for i in (2, 3, 4)], 1)
@@ -83,12 +83,31 @@ def test_random_chain_restores_to_the_same_place():
     assert restored.next_job().parents[0].id == expected
 
 
-def test_chain_restarts_from_its_seed_at_the_depth_cap():
+def test_a_chain_ends_at_the_depth_cap_so_max_depth_bounds_the_run():
+    # (It used to restart from its seed, so --max-depth alone never ended a chain strategy.)
     s = make_strategy("random", StrategyParams(chains=1, max_depth=1))
     s.start([node(1, 0)])
     s.on_result(s.next_job(), [node(2, 1)], 1)
-    job = s.next_job()
-    assert job.parents[0].id == 1 and job.depth == 1
+    assert s.next_job() is None and s.exhausted()
+
+
+def test_an_empty_expansion_is_retried_a_bounded_number_of_times():
+    for strategy in ("tree", "novelty"):
+        s = make_strategy(strategy, StrategyParams(expand_retries=2, max_depth=3))
+        s.start([node(1, 0)])
+        calls = 0
+        while (job := s.next_job()) is not None:
+            calls += 1
+            s.on_result(job, [], calls)
+            assert calls < 10
+        assert calls == 3, strategy  # the first try and two retries
+    chain = make_strategy("random", StrategyParams(chains=1, expand_retries=1))
+    chain.start([node(1, 0)])
+    tries = 0
+    while (job := chain.next_job()) is not None and tries < 10:
+        tries += 1
+        chain.on_result(job, [], tries)
+    assert tries == 2 and chain.exhausted()
 
 
 def test_novelty_expands_the_most_novel_first():

@@ -127,7 +127,7 @@ def test_minilm_ft_tiny_round_trip(datasets_dir, tmp_path):
 
 
 def test_default_epochs_aim_at_min_steps():
-    from treegen.students_ft import default_epochs
+    from treegen.students.finetuned import default_epochs
 
     assert default_epochs(1000) == 2  # big sets: the lower bound
     assert default_epochs(30) == 4  # ceil(100 / 30)
@@ -166,3 +166,86 @@ def test_load_missing_or_corrupt_folder(tmp_path):
     (tmp_path / "bad" / "treegen_student.json").write_text("{not json")
     with pytest.raises(StudentError, match="corrupt"):
         load_student(tmp_path / "bad")
+
+
+SUBMODULES = ("base", "lexical", "minilm_frozen", "finetuned")
+
+
+@pytest.mark.parametrize("module", SUBMODULES)
+def test_each_submodule_imports_alone_without_cycle_rich_or_torch(module):
+    """A fresh interpreter imports one submodule first: a cycle would fail on a half-built module."""
+    import subprocess
+    import sys
+
+    code = (f"import sys, treegen.students.{module} as m, treegen.students as s; "
+            "assert 'rich' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules); "
+            "print(sorted(s.STUDENTS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['lexical', 'minilm-frozen', 'minilm-ft']"
+
+
+def test_student_modules_import_base_only():
+    """The students import ``treegen.students.base`` and nothing else of the package."""
+    import ast
+    from pathlib import Path
+
+    import treegen.students as pkg
+
+    folder = Path(pkg.__file__).parent
+    for module in SUBMODULES:
+        tree = ast.parse((folder / f"{module}.py").read_text(encoding="utf-8"))
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        inside = {m for m in imported if m == "treegen.students" or m.startswith("treegen.students.")}
+        assert inside <= ({"treegen.students.base"} if module != "base" else set()), (module, inside)
+
+
+def test_declared_min_train_and_options_drive_the_registry():
+    from treegen.students import student_options
+
+    for name, cls in STUDENTS.items():
+        assert min_train_examples(name) == cls.min_train
+        assert student_options(name) == cls.options
+    assert student_options("minilm-frozen")["max_train"] is int
+    assert "epochs" in student_options("minilm-ft") and "epochs" not in student_options("lexical")
+    with pytest.raises(ConfigError, match="C must be float"):
+        get_student("lexical", C="big")
+
+
+def test_fit_leaves_global_random_state_alone(datasets_dir):
+    import random
+
+    train = _split("strategyqa", "train", 120, datasets_dir)
+    random.seed(123)
+    np.random.seed(123)
+    before = (random.getstate(), np.random.get_state()[1].copy())
+    get_student("lexical").fit(train, None, seed=7)
+    assert random.getstate() == before[0] and np.array_equal(np.random.get_state()[1], before[1])
+
+
+def test_progress_callback_counts_up_to_its_total(datasets_dir):
+    train = _split("strategyqa", "train", 120, datasets_dir)
+    seen: list[tuple[int, int, str]] = []
+    get_student("lexical").fit(train, None, seed=0, on_progress=lambda d, t, w: seen.append((d, t, w)))
+    assert seen[0] == (0, len(LexicalStudent.YESNO_C_GRID) * LexicalStudent.CV_FOLDS + 1, "training lexical")
+    assert seen[-1][0] == seen[-1][1] and [d for d, _t, _w in seen] == sorted(d for d, _t, _w in seen)
+
+
+def test_embedding_cache_belongs_to_its_student_and_is_bounded():
+    from treegen.students import EmbeddingCache, MiniLMFrozenStudent
+
+    calls: list[list[str]] = []
+
+    def fake(texts: list[str]) -> np.ndarray:
+        calls.append(list(texts))
+        return np.array([[float(len(t))] * 384 for t in texts], dtype=np.float32)
+
+    cache = EmbeddingCache(max_items=3, embed=fake)
+    out = cache.embed(["a", "bb", "a", "ccc", "dddd"])
+    assert out[:, 0].tolist() == [1, 2, 1, 3, 4] and len(cache) == 3 and "a" not in cache
+    assert calls == [["a", "bb", "ccc", "dddd"], ["a"]]  # the evicted "a" embedded again, not cached
+    one, two = MiniLMFrozenStudent(), MiniLMFrozenStudent()
+    assert one.cache is not two.cache  # nothing shared between callers unless passed in
+    shared = MiniLMFrozenStudent(cache=cache)
+    assert shared.cache is cache and get_student("minilm-frozen", cache=cache).cache is cache

@@ -38,3 +38,21 @@ def test_model_families_and_message_framing():
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]
     body = sum(count_text(m["role"], "gpt-4o") + count_text(m["content"], "gpt-4o") for m in messages)
     assert count_messages(messages, "gpt-4o") == body + 3 * len(messages) + 3
+
+
+def test_fixed_parts_are_counted_once_and_counts_do_not_change():
+    from treegen.tokens import _count_fixed
+
+    system = {"role": "system", "content": "Write new, varied, correct examples like the ones shown, not copies. (test-unique)"}
+    users = [{"role": "user", "content": f'{{"question":"Is {i} prime?","options":["True","False"],"label":"True"}}\nWrite 5 new examples.'}
+             for i in range(50)]
+    before = _count_fixed.cache_info()
+    counts = [count_messages([system, u], "gpt-4o-mini") for u in users]
+    after = _count_fixed.cache_info()
+    # the system text and the two role names are encoded once, not 50 times
+    assert after.misses - before.misses <= 3
+    assert after.hits - before.hits >= 3 * 50 - 3
+    # and the cache changes no count: the same as encoding every part on every call
+    for u, got in zip(users, counts):
+        body = sum(count_text(m["role"], "gpt-4o") + count_text(m["content"], "gpt-4o") for m in (system, u))
+        assert got == body + 3 * 2 + 3

@@ -158,8 +158,8 @@ async def execute_async(store: RunStore, cfg: RunConfig, api_key: str | None = N
             _mark_stopped(store, "disk full: free space, then resume")
             raise
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            for signum in installed:
+                loop.remove_signal_handler(signum)
     if result.fatal:
         raise BackendError(
             f"{result.fatal}\nThe run is saved at {result.run_dir} (status: failed); fix the cause and continue it "

@@ -174,9 +174,9 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final status line."),
 ) -> None:
     """Expand a search tree of new labelled examples from SEEDS, under caps."""
+    options = {k_: v for k_, v in locals().items() if k_ not in ("seeds", "quiet", "task")}
     from treegen.api import prepare_run
 
-    options = {k_: v for k_, v in locals().items() if k_ not in ("seeds", "quiet", "task")}
     options["task_description"] = task
     options["task_format"] = task_format
     store, cfg = prepare_run(seeds, options, os.environ.get("OPENAI_API_KEY"))
@@ -204,9 +204,9 @@ def resume(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final status line."),
 ) -> None:
     """Continue a run from its database (after Ctrl-C, a crash, or a cap), caps raisable."""
+    options = {k_: v for k_, v in locals().items() if k_ not in ("run_dir", "quiet")}
     from treegen.api import prepare_resume
 
-    options = {k_: v for k_, v in locals().items() if k_ not in ("run_dir", "quiet")}
     store, cfg = prepare_resume(run_dir, options, os.environ.get("OPENAI_API_KEY"))
     _stdout_console().print(f"Resuming {run_dir}; caps: {cfg.caps.describe()}", markup=False)
     with store:

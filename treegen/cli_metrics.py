@@ -1,11 +1,15 @@
-"""`treegen metrics`: quality measures of a run or a JSONL file against a reference."""
+"""`treegen metrics`: quality measures of a run or a JSONL file against a reference.
+
+A run is read through a read-only ``RunStore``; the figures are stored through a writable one
+opened only once every measure is computed. Progress of each step goes to stderr.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -50,7 +54,8 @@ def run_metrics(
     seed: int,
     near_threshold: float,
     distinct_tokens: int = 3_000,
-) -> tuple[object, dict]:
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> tuple[Any, dict]:
     """Measure and (for a run) store; returns (report, info about where it went)."""
     from treegen import metrics
     from treegen.embedders import EMBEDDERS
@@ -74,11 +79,11 @@ def run_metrics(
     ref = metrics.load_reference(reference, reference_file, data_dir)
     info: dict = {"kind": "run" if is_run else "file", "stored": False, "db": None}
     if is_run:
-        from treegen.store import open_run, resolve_run_db
+        from treegen.store import RunStore
 
-        db_path = resolve_run_db(path)
-        db = open_run(db_path)
-        nodes, row = metrics.load_run_nodes(db)
+        with RunStore.open(path, readonly=True) as store:
+            nodes, row = metrics.load_run_nodes(store)
+            db_path = store.path
         if len(nodes.examples) < 2:
             raise InputError(
                 f"The run {row['id']} has {len(nodes.examples)} accepted example(s); the measures need at least 2. "
@@ -87,17 +92,18 @@ def run_metrics(
         report = metrics.measure(
             nodes.examples, ref, source=str(path), embedder=embedder, student=student, seed=seed,
             simulated=bool(row.get("simulated")), run_nodes=nodes, near_threshold=near_threshold,
-            distinct_budget=distinct_tokens,
+            distinct_budget=distinct_tokens, on_progress=on_progress,
         )
         # Stored only once everything is measured: bad input leaves the database as it was.
-        info["rows"] = metrics.store_metrics(db, report)
+        with RunStore.open(db_path) as store:
+            info["rows"] = metrics.store_metrics(store, report)
         info["stored"] = True
         info["db"] = str(db_path)
     else:
         created, _fmt_ = load_examples(path)
         report = metrics.measure(
             created, ref, source=str(path), embedder=embedder, student=student, seed=seed,
-            near_threshold=near_threshold, distinct_budget=distinct_tokens,
+            near_threshold=near_threshold, distinct_budget=distinct_tokens, on_progress=on_progress,
         )
     return report, info
 
@@ -106,11 +112,11 @@ def _print_report(report, info: dict) -> None:  # noqa: ANN001 - MetricsReport
     if report.simulated:
         console.print("[bold yellow]SIMULATED[/] run: the examples came from the simulator, not a model.")
     table = Table(title=f"{report.source} vs {report.reference} ({report.n_items:,} items)")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_column("reference", justify="right")
-    table.add_column("n", justify="right")
-    table.add_column("parameters")
+    table.add_column("measure", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
+    table.add_column("reference", justify="right", overflow="fold")
+    table.add_column("n", justify="right", overflow="fold")
+    table.add_column("parameters", overflow="fold")
     shown = ("K", "max_items", "embedder", "student", "threshold", "buckets", "pca_dims", "seed")
     for m in report.metrics:
         if m.name.startswith("drift_depth_"):
@@ -121,9 +127,9 @@ def _print_report(report, info: dict) -> None:  # noqa: ANN001 - MetricsReport
     drift = [m for m in report.metrics if m.name.startswith("drift_depth_")]
     if drift:
         dt = Table(title="Drift from the root seed (1 - cosine)")
-        dt.add_column("depth", justify="right")
-        dt.add_column("distance", justify="right")
-        dt.add_column("nodes", justify="right")
+        dt.add_column("depth", justify="right", overflow="fold")
+        dt.add_column("distance", justify="right", overflow="fold")
+        dt.add_column("nodes", justify="right", overflow="fold")
         for m in drift:
             dt.add_row(m.name.rsplit("_", 1)[1], _fmt(m.value), f"{m.n_items:,}")
         console.print(dt)
@@ -148,15 +154,19 @@ def register(app: typer.Typer) -> None:
         data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder (default: $TREEGEN_DATA_DIR or ../shared/datasets)."),
         embedder: str = typer.Option("minilm", "--embedder", help="minilm (all-MiniLM-L6-v2, offline; the engine's default) or hashing (fast, lexical)."),
         student: str = typer.Option("lexical", "--student", help="Student for faithfulness, complexity, performance; 'none' to skip."),
-        json_out: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+        json_out: bool = typer.Option(False, "--json", help="Print a JSON document instead of tables."),
         seed: int = typer.Option(0, "--seed", help="Seed of every subsample, shuffle and split."),
         near_threshold: float = typer.Option(0.9, "--near-threshold", help="Cosine similarity that counts as a near duplicate of a test/dev item."),
         distinct_tokens: int = typer.Option(3000, "--distinct-tokens", help="K: distinct-n counts n-grams in the first K tokens; use one K for every dataset you compare."),
     ) -> None:
-        report, info = run_metrics(
-            path, reference, reference_file, data_dir, embedder,
-            None if student.lower() == "none" else student, seed, near_threshold, distinct_tokens,
-        )
+        from treegen.cli_students import progress_printer
+
+        with progress_printer() as on_progress:
+            report, info = run_metrics(
+                path, reference, reference_file, data_dir, embedder,
+                None if student.lower() == "none" else student, seed, near_threshold, distinct_tokens,
+                on_progress=on_progress,
+            )
         if json_out:
             out = report.to_dict()
             out.update(info)

@@ -1,51 +1,102 @@
-"""CLI commands that read a run or the cost tables: status, export, lineage, prices, budgets."""
+"""CLI commands that read runs or the cost tables: runs, status, export, lineage, report, prices, budgets.
+
+Every command here opens run databases read-only and takes ``--json`` where it prints data.
+"""
 
 from __future__ import annotations
 
-import json
+from contextlib import ExitStack
+from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from treegen.errors import UnknownModelPriceError
-from treegen.export import export_run, meta_path
+from treegen.errors import OutputError, RunNotFoundError, UnknownModelPriceError
+from treegen.export import FORMATS, card_path, detect_format, export_run, export_stdout, push_to_hub
 from treegen.lineage import export_graphml
 from treegen.prices import find_prices_file, format_usd, load_price_table, price_for
 from treegen.profiles import list_budget_profiles, load_budget_profile, profile_description
-from treegen.reports import render_status, run_summary
-from treegen.store import open_run
+from treegen.render import print_json, render_status, show, table
+from treegen.report_html import write_report
+from treegen.reports import by_depth, by_strategy, run_list, run_summary
+from treegen.store import RunStore
 
 console = Console()
+err_console = Console(stderr=True)
+
+
+def _open(run: Path) -> RunStore:
+    return RunStore.open(run, readonly=True)
+
+
+def runs(
+    folder: Path = typer.Argument(Path("runs"), help="Folder holding run folders (default runs/)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
+) -> None:
+    """List the runs in FOLDER: id, status, strategy, model, accepted, spent, simulated."""
+    if not folder.is_dir():
+        raise RunNotFoundError(f"No folder {folder}. Runs live in runs/ by default; pass the folder that holds them.")
+    items = run_list(folder)
+    if as_json:
+        print_json(items)
+        return
+    if not items:
+        console.print(f"No runs in {folder}. Start one with `treegen run SEEDS.jsonl`.", highlight=False)
+        return
+    show(console, table(f"Runs in {folder}", ("run", "status", "strategy", "model", "accepted", "spent", "simulated"), [
+        (r["run_id"], r["status"], r["strategy"] or "-", r["model"] or "-",
+         "-" if r["accepted"] is None else f"{r['accepted']:,}", format_usd(r["spent_micro"]),
+         {True: "SIMULATED", False: "real", None: "-"}[r["simulated"]]) for r in items
+    ], console, right=("accepted", "spent")))
 
 
 def status(
     run: Path = typer.Argument(..., help="Run folder (runs/<run-id>) or its treegen.db."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of tables."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary (with by_depth and by_strategy) as JSON."),
 ) -> None:
     """Show what a run made and spent, computed from its database."""
-    db = open_run(run)
+    with _open(run) as store:
+        summary, depth, strategy = run_summary(store), by_depth(store), by_strategy(store)
     if as_json:
-        typer.echo(json.dumps(run_summary(db), indent=2))
+        print_json({**summary, "by_depth": depth, "by_strategy": strategy})
     else:
-        render_status(db, console)
+        render_status(summary, depth, strategy, console)
 
 
 def export(
     run: Path = typer.Argument(..., help="Run folder (runs/<run-id>) or its treegen.db."),
-    out: Path = typer.Option(..., "--output", "-o", help="JSONL file to write."),
+    out: Optional[str] = typer.Option(None, "--output", "-o",
+                                      help="File (.jsonl, .csv, .parquet), folder (Hugging Face dataset), or - for JSONL on stdout."),
+    fmt: Optional[str] = typer.Option(None, "--format", help=f"One of {', '.join(FORMATS)} (default: from the extension)."),
     lineage: bool = typer.Option(False, "--lineage", help="Add a _treegen object (node, parent, depth, cost...) to each row."),
     include_seeds: bool = typer.Option(False, "--include-seeds", help="Export the seeds too."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
+    hub_repo: Optional[str] = typer.Option(None, "--push-to-hub", help="Upload to this Hugging Face dataset repo (USER/NAME), with the card."),
+    public: bool = typer.Option(False, "--public", help="With --push-to-hub: make the repo public (private by default)."),
 ) -> None:
-    """Export the accepted examples in the unified format (question, context, options, label)."""
-    db = open_run(run)
-    n = export_run(db, out, lineage=lineage, include_seeds=include_seeds, force=force)
-    simulated = bool(run_summary(db)["simulated"])
-    mark = " [bold red](SIMULATED run: marked in the meta file)[/]" if simulated else ""
-    console.print(f"Wrote {n:,} examples to {out} and {meta_path(out)}{mark}", highlight=False)
+    """Export the accepted examples in the unified format (question, context, options, label), with a dataset card."""
+    if out is None and hub_repo is None:
+        raise OutputError("Say where to export: -o data.jsonl (or .csv, .parquet, a folder, - for stdout), "
+                          "or --push-to-hub USER/NAME.")
+    with _open(run) as store:
+        simulated = bool(store.run()["simulated"])
+        mark = " (SIMULATED run: marked in the card and the meta file)" if simulated else ""
+        if out == "-":
+            if fmt not in (None, "jsonl"):
+                raise OutputError("-o - writes JSONL only. Give a file name for other formats.")
+            n = export_stdout(store, lineage=lineage, include_seeds=include_seeds)
+            err_console.print(f"Wrote {n:,} examples to stdout{mark}; no dataset card (write to a file for one).",
+                              highlight=False)
+        elif out is not None:
+            kind = detect_format(out, fmt)
+            n = export_run(store, out, lineage=lineage, include_seeds=include_seeds, force=force, fmt=kind)
+            console.print(f"Wrote {n:,} examples to {out} ({kind}) with its dataset card {card_path(out, kind)}{mark}",
+                          highlight=False, markup=False)
+        if hub_repo is not None:
+            url = push_to_hub(store, hub_repo, lineage=lineage, include_seeds=include_seeds, private=not public)
+            err_console.print(f"Pushed to {url}{mark}", highlight=False, markup=False)
 
 
 def lineage(
@@ -55,46 +106,69 @@ def lineage(
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ) -> None:
     """Write the run's search tree as GraphML (for networkx, Gephi, yEd)."""
-    n = export_graphml(open_run(run), out, include_rejected=not accepted_only, force=force)
-    console.print(f"Wrote a tree of {n:,} nodes to {out}", highlight=False)
+    with _open(run) as store:
+        n = export_graphml(store, out, include_rejected=not accepted_only, force=force)
+    console.print(f"Wrote a tree of {n:,} nodes to {out}", highlight=False, markup=False)
+
+
+def report(
+    run_paths: List[Path] = typer.Argument(..., help="One or more run folders (or their treegen.db)."),
+    out: Path = typer.Option(Path("report.html"), "--output", "-o", help="HTML file to write."),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
+) -> None:
+    """Write one self-contained HTML page (no network) about one or more runs."""
+    with ExitStack() as stack:
+        stores = [stack.enter_context(_open(p)) for p in run_paths]
+        path = write_report(stores, out, force=force)
+    console.print(f"Wrote {path} ({path.stat().st_size:,} bytes) about {len(run_paths)} run(s)",
+                  highlight=False, markup=False)
 
 
 def prices(
     model: Optional[str] = typer.Argument(None, help="Show the price of this model only."),
     table_file: Optional[str] = typer.Option(None, "--prices-file", help="Price table name or path (default budgets/prices.toml)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the prices (micro-dollars per 1M tokens) as JSON."),
 ) -> None:
     """List the model prices used for dollar caps (dollars per 1M tokens; verify them)."""
     path = find_prices_file(table_file)
-    table = load_price_table(path)
+    price_table = load_price_table(path)
     if model is not None:
-        found = price_for(model, table)
+        found = price_for(model, price_table)
         if found is None:
             raise UnknownModelPriceError(
                 f"No price known for model {model!r} in {path}. Add it there, or pass --prices input=..,output=.. to treegen run."
             )
         rows = [found]
     else:
-        rows = list(table.values())
-    t = Table(title=f"Prices from {path} (dollars per 1M tokens)", caption="As published by OpenAI in 2025: verify before trusting a dollar cap.")
-    for col in ("model", "input", "cached input", "output", "batch input", "batch output"):
-        t.add_column(col, justify="left" if col == "model" else "right")
-    for p in rows:
-        t.add_row(p.model, *(format_usd(v) for v in (p.input, p.cached_input, p.output, p.batch_input, p.batch_output)))
-    console.print(t)
+        rows = list(price_table.values())
+    if as_json:
+        print_json({"file": str(path), "unit": "micro-dollars per 1M tokens", "prices": [asdict(p) for p in rows]})
+        return
+    cols = ("model", "input", "cached input", "output", "batch input", "batch output")
+    show(console, table(f"Prices from {path} (dollars per 1M tokens)", cols, [
+        (p.model, *(format_usd(v) for v in (p.input, p.cached_input, p.output, p.batch_input, p.batch_output)))
+        for p in rows
+    ], console, caption="As published by OpenAI in 2025: verify before trusting a dollar cap.", right=cols[1:]))
 
 
-def budgets() -> None:
+def budgets(
+    as_json: bool = typer.Option(False, "--json", help="Print the profiles as JSON."),
+) -> None:
     """List the budget profiles usable with --budget."""
-    t = Table(title="Budget profiles")
-    for col in ("name", "caps", "description", "file"):
-        t.add_column(col)
+    items: list[dict[str, Any]] = []
     for name, path in sorted(list_budget_profiles().items()):
-        caps = load_budget_profile(str(path))
-        t.add_row(name, ", ".join(f"{k}={v}" for k, v in caps.items()), profile_description(path), str(path))
-    console.print(t)
+        items.append({"name": name, "caps": load_budget_profile(str(path)), "description": profile_description(path),
+                      "file": str(path)})
+    if as_json:
+        print_json(items)
+        return
+    show(console, table("Budget profiles", ("name", "caps", "description", "file"), [
+        (b["name"], ", ".join(f"{k}={v}" for k, v in b["caps"].items()), b["description"], b["file"]) for b in items
+    ], console))
 
 
-COMMANDS = {"status": status, "export": export, "lineage": lineage, "prices": prices, "budgets": budgets}
+COMMANDS: dict[str, Callable[..., None]] = {"runs": runs, "status": status, "export": export, "lineage": lineage, "report": report,
+            "prices": prices, "budgets": budgets}
 
 
 def register(app: typer.Typer) -> None:
@@ -103,3 +177,4 @@ def register(app: typer.Typer) -> None:
     for name, fn in COMMANDS.items():
         if name not in present:
             app.command(name)(fn)
+

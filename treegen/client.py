@@ -135,7 +135,8 @@ class ChatClient:
         if seed is not None:
             params["seed"] = seed
         if response_format is not None:
-            params["response_format"] = response_format
+            # extra_body: the SDK would drop keys its types do not know (llama.cpp's "schema").
+            params["extra_body"] = {"response_format": response_format}
         try:
             raw = await self._client.chat.completions.with_raw_response.create(**params)
         except openai.APITimeoutError as exc:

@@ -59,9 +59,9 @@ class SimSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SimSettings":
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"extra"}
         return cls(**{k: v for k, v in data.items() if k in known},
-                   extra={**data.get("extra", {}), **{k: v for k, v in data.items() if k not in known}})
+                   extra={**data.get("extra", {}), **{k: v for k, v in data.items() if k not in known and k != "extra"}})
 
     def sim_config_kwargs(self) -> dict[str, Any]:
         return {"pool_path": self.pool_path, "latency_ms": self.latency_ms, "error_rate": self.error_rate,
@@ -200,6 +200,11 @@ def validate_config(cfg: RunConfig) -> None:
             "No cap given: a run needs at least one of --max-usd, --max-tokens, --max-calls, "
             "--target, --max-depth, --max-seconds (or --budget PROFILE)."
         )
+    if cfg.strategy == "naive" and all(getattr(caps, n) is None for n in names if n != "max_depth"):
+        raise ConfigError(
+            "naive asks the seeds for depth-1 examples only, so --max-depth does not bound it: add "
+            "--target, --max-calls, --max-tokens, --max-usd or --max-seconds."
+        )
     if caps.max_usd_micro is not None and cfg.price is None:
         raise ConfigError(
             f"A dollar cap needs the price of {cfg.model!r}: pass --prices input=0.20,output=0.60 "
@@ -317,6 +322,13 @@ def from_options(task_format: str, options: dict[str, Any], api_key: str | None 
         if options.get("model") is None:
             model = local.served_name or "smollm2-135m-instruct-q4_1"
         base_url = None
+        # llama.cpp's server answers one request at a time (a lock around the model): more in
+        # flight only queue up behind it and run into the timeout.
+        if options.get("concurrency") is None:
+            options = {**options, "concurrency": 1}
+        # Its dialect is known: skip the refused json_schema call that auto would make.
+        if options.get("structured") is None:
+            options = {**options, "structured": "json_object"}
     price = None
     if backend == "local" and not options.get("prices"):
         if caps.max_usd_micro is not None:

@@ -15,9 +15,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from treegen.errors import DatasetError
-from treegen.task import Example, InvalidExample, TaskFormat, example_from_dict, iter_jsonl
+from treegen.task import DUPLICATE_OPTIONS, Example, InvalidExample, TaskFormat, example_from_dict, iter_jsonl
 
 GROUPS: dict[str, list[str]] = {
     "mcqa_2": ["piqa", "winogrande"],
@@ -121,7 +122,7 @@ def benchmark_example(obj: object, fmt: TaskFormat | None = None) -> Example:
     try:
         return example_from_dict(obj, fmt)
     except InvalidExample as exc:
-        if exc.reason != "repeated-option" or not isinstance(obj, dict):
+        if exc.reason != DUPLICATE_OPTIONS or not isinstance(obj, dict):
             raise
         renamed = [f"{o} ({i})" for i, o in enumerate(obj["options"])]
         label = str(obj["label"]).strip()
@@ -246,7 +247,7 @@ def fetch(
         dest = Path(os.environ.get("TREEGEN_DATA_DIR") or _repo_root().parent / "shared" / "datasets")
     dest = Path(dest)
     base = base_url.rstrip("/")
-    results = []
+    results: list[dict[str, Any]] = []
     for t in TASKS.values():
         for split in SPLITS:
             rel = f"{t.group}/{t.dataset}/{split}.jsonl"

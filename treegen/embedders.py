@@ -7,13 +7,18 @@
   L2-normalised). No model, microseconds per text.
 
 Both return float32 arrays of shape (n, dim) whose rows have unit norm, so a dot product is a
-cosine similarity.
+cosine similarity. Both are thread-safe (one lock around the model), so the engine can embed
+off the event loop with ``embed_async``, which also merges the texts of callers that arrive
+within a few milliseconds of each other into one forward pass.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
+import threading
+import weakref
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -44,10 +49,13 @@ class HashingEmbedder:
             token_pattern=r"(?u)\b\w+\b",
         )
 
+        self._lock = threading.Lock()
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self._vectorizer.transform(list(texts)).toarray().astype(np.float32)
+        with self._lock:
+            return self._vectorizer.transform(list(texts)).toarray().astype(np.float32)
 
 
 def minilm_path() -> str:
@@ -81,8 +89,13 @@ class MiniLMEmbedder:
         self._model.eval()
         self.batch_size = batch_size
         self.max_length = max_length
+        self._lock = threading.Lock()  # the tokenizer and the model are not safe to share across threads
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            return self._embed(texts)
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
         torch = self._torch
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         # Sort by length so each batch pads little; results go back in input order.
@@ -104,9 +117,90 @@ class MiniLMEmbedder:
 
 @functools.lru_cache(maxsize=4)
 def get_embedder(name: str = "hashing") -> Embedder:
-    """The embedder called ``name`` (one instance per process: the model loads once)."""
+    """The embedder called ``name`` (one instance per process: the model loads once).
+
+    The cache holds read-only models keyed by name (two at most), no data of any run.
+    """
     if name == "hashing":
         return HashingEmbedder()
     if name == "minilm":
         return MiniLMEmbedder()
     raise ConfigError(f"Unknown embedder {name!r}. Choose one of: {', '.join(EMBEDDERS)}.")
+
+
+# ---------------------------------------------------------------- off the event loop
+
+BATCH_WINDOW_S = 0.003  # how long the first caller waits for others to join its forward pass
+
+
+class _MicroBatcher:
+    """Collects the texts of concurrent ``embed_async`` callers on one event loop; one worker
+    thread call embeds them all, and each caller gets its own rows back.
+
+    It holds no reference to its embedder or loop (they key it, weakly), only pending calls.
+    """
+
+    def __init__(self, window: float):
+        self.window = window
+        self.pending: list[tuple[list[str], asyncio.Future[np.ndarray]]] = []
+        self.flush_scheduled = False
+
+    def submit(self, embedder: Embedder, loop: asyncio.AbstractEventLoop, texts: list[str]) -> asyncio.Future[np.ndarray]:
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        self.pending.append((texts, future))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            loop.call_later(self.window, self._flush, embedder, loop)
+        return future
+
+    def _flush(self, embedder: Embedder, loop: asyncio.AbstractEventLoop) -> None:
+        batch = [(t, f) for t, f in self.pending if not f.cancelled()]
+        self.pending = []
+        self.flush_scheduled = False
+        if batch:
+            loop.create_task(_embed_batch(embedder, batch))
+
+
+async def _embed_batch(embedder: Embedder, batch: list[tuple[list[str], asyncio.Future[np.ndarray]]]) -> None:
+    texts = [t for part, _ in batch for t in part]
+    try:
+        vectors = await asyncio.to_thread(embedder.embed, texts)
+    except Exception as exc:  # every caller gets the failure, not the loop's exception handler
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(exc)
+        return
+    except BaseException:
+        for _, future in batch:
+            future.cancel()
+        raise
+    start = 0
+    for part, future in batch:
+        if not future.done():
+            future.set_result(vectors[start : start + len(part)])
+        start += len(part)
+
+
+# One batcher per (embedder, event loop), dropped with either: nothing outlives a run.
+_batchers: "weakref.WeakKeyDictionary[object, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _MicroBatcher]]" = (
+    weakref.WeakKeyDictionary()
+)
+_batchers_lock = threading.Lock()
+
+
+async def embed_async(embedder: Embedder, texts: Sequence[str], window: float = BATCH_WINDOW_S) -> np.ndarray:
+    """``embedder.embed(texts)`` in a worker thread, so the event loop keeps serving replies.
+
+    Callers within ``window`` seconds of the first share one forward pass (their texts are
+    embedded together and split back). Rows are the synchronous path's, to float rounding
+    (MiniLM pads a batch to its longest text; the attention mask makes padding inert).
+    """
+    if len(texts) == 0:
+        return np.zeros((0, embedder.dim), dtype=np.float32)
+    loop = asyncio.get_running_loop()
+    with _batchers_lock:
+        per_loop = _batchers.setdefault(embedder, weakref.WeakKeyDictionary())
+        batcher = per_loop.get(loop)
+        if batcher is None:
+            batcher = per_loop[loop] = _MicroBatcher(window)
+    return await batcher.submit(embedder, loop, list(texts))

@@ -287,7 +287,10 @@ class Engine:
                                exc.reason)
                     return None
             self._settled.clear()
-            await self._settled.wait()
+            try:  # the timeout guards a settlement that happened before the clear
+                await asyncio.wait_for(self._settled.wait(), 0.2)
+            except asyncio.TimeoutError:
+                pass
             if self.stop_reason is not None:
                 return None
 
@@ -331,7 +334,7 @@ class Engine:
                 # Wait before retrying, but not past the end of the run: nothing is in flight.
                 assert self._stopped is not None
                 try:
-                    await asyncio.wait_for(self._stopped.wait(), outcome)
+                    await asyncio.wait_for(self._stopped.wait(), float(outcome))
                 except asyncio.TimeoutError:
                     continue
                 self._finish_job(job, [], call_id, expanded=False)

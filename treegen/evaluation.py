@@ -3,24 +3,24 @@
 A trained student lives in ``<folder>/students/<student>-<task>-s<seed>/`` where ``<folder>`` is
 the run folder (or the ``--out`` folder for ``--data`` / ``--human``), beside that folder's
 ``treegen.db``. ``training.json`` in the student folder says what it was trained on. Results
-go to the ``student_results`` table of the same database.
+go to the ``student_results`` table of the same database, through ``RunStore`` (no SQL here).
+Progress goes to an ``on_progress(done, total, what)`` callback; nothing here prints.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from treegen import datasets
-from treegen.errors import StudentError
+from treegen.errors import RunNotFoundError, StudentError
+from treegen.store import DB_NAME, RunStore, utcnow
+from treegen.students import ProgressCallback, get_student, load_student, min_train_examples
 from treegen.task import Example, TaskFormat, load_examples
-from treegen.store import DB_NAME, open_db, open_run, run_examples, run_row, utcnow
-from treegen.students import get_student, load_student, min_train_examples
 
 TRAINING_FILE = "training.json"
 
@@ -67,9 +67,10 @@ def check_task_matches(task: str, fmt: TaskFormat, what: str) -> str:
 
 
 def run_training_data(run_dir: str | Path) -> TrainingData:
-    db = open_run(run_dir)
-    run = run_row(db)
-    examples = run_examples(db)
+    """The accepted examples of a run (opened read-only) and its format."""
+    with RunStore.open(run_dir, readonly=True) as store:
+        run = store.run()
+        examples = store.examples()
     fmt = TaskFormat.parse(run["task_format"]) if run.get("task_format") else (
         examples[0].infer_format() if examples else None)
     if fmt is None:
@@ -90,18 +91,20 @@ def human_training_data(task: str, data_dir: str | Path | None = None, limit: in
 def infer_task(fmt: TaskFormat, folder: str | Path) -> str:
     """The task for a run given without --task: the dataset its seeds came from (config
     ``seeds_from`` or ``task``), else the only dataset of its group, else an error."""
-    db_path = Path(folder) / DB_NAME
-    if db_path.is_file():
-        db = open_db(db_path)
-        if db["runs"].exists() and db["runs"].count:
-            config = run_row(db)["config"]
-            for key in ("seeds_from", "task"):
-                name = config.get(key) if isinstance(config, dict) else None
-                if isinstance(name, str) and name.strip():
-                    try:
-                        return check_task_matches(name, fmt, f"The run at {folder}")
-                    except (StudentError, datasets.DatasetError):
-                        break
+    config: Any = {}
+    if (Path(folder) / DB_NAME).is_file():
+        try:
+            with RunStore.open(folder, readonly=True) as store:
+                config = store.run()["config"]
+        except RunNotFoundError:  # a --data/--human folder's database: results, no run
+            config = {}
+    for key in ("seeds_from", "task"):
+        name = config.get(key) if isinstance(config, dict) else None
+        if isinstance(name, str) and name.strip():
+            try:
+                return check_task_matches(name, fmt, f"The run at {folder}")
+            except (StudentError, datasets.DatasetError):
+                break
     names = [n for n, t in datasets.TASKS.items() if t.group == fmt.name]
     if len(names) == 1:
         return names[0]
@@ -118,7 +121,7 @@ def train(
     folder: str | Path,
     seed: int = 0,
     data_dir: str | Path | None = None,
-    progress: bool = False,
+    on_progress: ProgressCallback | None = None,
     **student_kwargs: Any,
 ) -> Trained:
     """Fit ``student`` on ``data`` (dev of ``task`` for model selection) and save it under ``folder``.
@@ -139,7 +142,7 @@ def train(
         dev, _fmt, _dev_note = datasets.load_split(task, "dev", data_dir)
     model = get_student(student, **student_kwargs)
     t0 = time.perf_counter()
-    model.fit(data.examples, dev, seed=seed, progress=progress)
+    model.fit(data.examples, dev, seed=seed, on_progress=on_progress)
     seconds = time.perf_counter() - t0
     path = student_dir(folder, student, task, seed)
     model.save(path)
@@ -170,25 +173,32 @@ def find_trained(folder: str | Path, task: str | None = None, student: str | Non
     return found
 
 
-def results_db(folder: str | Path) -> sqlite_utils.Database:
-    """The folder's database: a run's, or one created for --data/--human results."""
-    folder = Path(folder)
-    db_path = folder / DB_NAME if folder.suffix != ".db" else folder
-    if not db_path.exists():
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-    return open_db(db_path)
+def results_store(folder: str | Path) -> RunStore:
+    """The folder's database, writable: a run's, or one created for --data/--human results."""
+    try:
+        return RunStore.open_results(folder)
+    except RunNotFoundError:
+        # Workaround until RunStore.open_results reopens a results-only database (treegen's
+        # tables, no run row: a --data/--human folder) instead of refusing it as "holds no run".
+        folder = Path(folder)
+        db_path = folder / DB_NAME if folder.suffix != ".db" else folder
+        store = RunStore(sqlite3.connect(str(db_path), isolation_level=None), db_path)
+        if not store.has_table("student_results"):
+            store.close()
+            raise
+        return store
 
 
 def evaluate(
     trained: Trained,
-    db: sqlite_utils.Database | None = None,
+    store: RunStore | None = None,
     split: str = "test",
     data_dir: str | Path | None = None,
     limit: int | None = None,
-    progress: bool = False,
+    on_progress: ProgressCallback | None = None,
     datasets_to_eval: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Accuracy on the ID task and every OOD task of its group; rows stored in ``db`` when given.
+    """Accuracy on the ID task and every OOD task of its group; rows stored in ``store`` when given.
 
     All splits are loaded and scored before the first row is written.
     """
@@ -198,7 +208,7 @@ def evaluate(
     for name in names:
         examples, _fmt, note = datasets.load_split(name, split, data_dir, limit=limit, sample=True)
         t0 = time.perf_counter()
-        pred = model.predict(examples) if not progress else _predict_progress(model, examples)
+        pred = model.predict(examples, on_progress=on_progress)
         seconds = time.perf_counter() - t0
         acc = sum(p == e.label for p, e in zip(pred, examples)) / len(examples)
         rows.append({
@@ -210,27 +220,11 @@ def evaluate(
             "seed": trained.seed, "seconds": round(seconds, 3), "train_seconds": trained.train_seconds,
             "simulated": int(trained.simulated), "note": "; ".join(filter(None, [trained.note, note])),
         })
-    if db is not None:
-        db["student_results"].insert_all(rows)
+    if store is not None:
+        store.insert_student_results(rows)
     return rows
 
 
-def _predict_progress(model: Any, examples: list[Example]) -> list[str]:
-    try:
-        return model.predict(examples, progress=True)
-    except TypeError:  # a student without a progress option
-        return model.predict(examples)
-
-
-def stored_results(db: sqlite_utils.Database, task: str | None = None, student: str | None = None) -> list[dict]:
-    if not db["student_results"].exists():
-        return []
-    where, params = [], []
-    if task:
-        where.append("task = ?")
-        params.append(datasets.get_task(task).name)
-    if student:
-        where.append("student = ?")
-        params.append(student)
-    sql = "select * from student_results" + (" where " + " and ".join(where) if where else "") + " order by id"
-    return list(db.query(sql, params))
+def stored_results(store: RunStore, task: str | None = None, student: str | None = None) -> list[dict[str, Any]]:
+    """Student results stored in ``store``, oldest first, for a task and/or student."""
+    return store.student_results(task=datasets.get_task(task).name if task else None, student=student)

@@ -139,7 +139,7 @@ def _os_error(path: Path, exc: OSError) -> OutputError:
         why = "permission denied: choose a folder you can write to"
     else:
         why = f"{exc.strerror or exc}: choose another place"
-    return OutputError(f"Cannot write {path}: {why}, then export again. Nothing was written.")
+    return OutputError(f"Cannot write {path}: {why}, then try again. Nothing was written.")
 
 
 def check_destination(path: Path, force: bool, is_folder: bool = False) -> None:
@@ -157,7 +157,7 @@ def check_destination(path: Path, force: bool, is_folder: bool = False) -> None:
         raise OutputError(f"The folder {parent} is not writable. Choose a folder you can write to.")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None], is_folder: bool = False) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object], is_folder: bool = False) -> None:
     """Run ``write(tmp)`` on a temporary file (or folder) beside ``path``, then rename it to ``path``.
 
     On any failure the temporary is removed and ``path`` is left as it was.
@@ -270,8 +270,10 @@ def _meta(store: RunStore, n: int, fmt: str, lineage: bool, include_seeds: bool)
     }
 
 
-def _write_text(path: Path, text: str) -> Callable[[Path], None]:
-    return lambda tmp: tmp.write_text(text, encoding="utf-8")
+def _write_text(text: str) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+    return write
 
 
 def _card_is_ours(path: Path) -> bool:
@@ -334,9 +336,9 @@ def export_run(
     atomic_write(out_path, write)
     # The data first, then its card and meta: a failure here leaves the data and says so.
     try:
-        atomic_write(card, _write_text(card, dataset_card(store, n, fmt, lineage, include_seeds)))
+        atomic_write(card, _write_text(dataset_card(store, n, fmt, lineage, include_seeds)))
         atomic_write(meta_path(out_path), _write_text(
-            meta_path(out_path), json.dumps(_meta(store, n, fmt, lineage, include_seeds), indent=2) + "\n"))
+            json.dumps(_meta(store, n, fmt, lineage, include_seeds), indent=2) + "\n"))
     except OutputError as exc:
         with contextlib.suppress(OSError):
             out_path.unlink()  # no export without its card (a simulated run must say so)

@@ -6,29 +6,26 @@ the candidate. Seeds are the roots.
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
-import sqlite_utils
 
-from treegen.errors import InputError
-from treegen.store import run_row
+from treegen.export import atomic_write, check_destination
+from treegen.store import NodeStatus, RunStore
 
 
-def build_tree(db: sqlite_utils.Database, include_rejected: bool = False) -> nx.DiGraph:
+def build_tree(store: RunStore, include_rejected: bool = False) -> nx.DiGraph:
     """The run's tree; node attributes: depth, status, strategy, cost_share_micro, label, question.
 
     Attributes that are unknown (a rejected candidate that was not even JSON has no question)
     are left out rather than set to None, so that the graph can be written as GraphML.
     """
-    run = run_row(db)
+    run = store.run()
     G = nx.DiGraph(run_id=run["id"], simulated=bool(run["simulated"]), model=run["model"] or "")
-    statuses = ("seed", "accepted", "rejected") if include_rejected else ("seed", "accepted")
-    marks = ",".join("?" for _ in statuses)
-    rows = list(db.query(f"select * from nodes where status in ({marks}) order by id", statuses))
+    statuses = (NodeStatus.SEED, NodeStatus.ACCEPTED) + ((NodeStatus.REJECTED,) if include_rejected else ())
+    rows = store.nodes(statuses)
     for r in rows:
         attrs: dict[str, Any] = {
             "depth": r["depth"],
@@ -90,17 +87,14 @@ def depth_profile(G: nx.DiGraph) -> list[dict[str, Any]]:
     return out
 
 
-def export_graphml(db: sqlite_utils.Database, path: str | Path, include_rejected: bool = True, force: bool = False) -> int:
-    """Write the tree as GraphML (atomically); returns the number of nodes written."""
+def export_graphml(store: RunStore, path: str | Path, include_rejected: bool = True, force: bool = False) -> int:
+    """Write the tree as GraphML; returns the number of nodes written.
+
+    Written to a temporary file beside ``path`` and renamed: a missing or unwritable folder or
+    a full disk raises OutputError (exit 2) and leaves nothing behind.
+    """
     path = Path(path)
-    if path.exists() and not force:
-        raise InputError(f"{path} already exists. Choose another file name, or pass --force to overwrite it.")
-    G = build_tree(db, include_rejected=include_rejected)
-    tmp = path.with_name(path.name + ".part")
-    try:
-        nx.write_graphml(G, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    check_destination(path, force)
+    G = build_tree(store, include_rejected=include_rejected)
+    atomic_write(path, lambda tmp: nx.write_graphml(G, tmp))
     return G.number_of_nodes()

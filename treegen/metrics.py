@@ -5,8 +5,9 @@ Diversity (distinct-n at a fixed token budget, self-BLEU, remote-clique, APS), c
 distribution, drift from the root seed per depth (runs only), and contamination with the
 benchmark's test and dev splits. ``docs/metrics.md`` gives each formula and parameter.
 
-Every measure is a pure function of examples or embeddings; ``measure`` runs them all and
-``store_metrics`` writes the figures into a run's ``metrics`` table.
+Every measure is a pure function of examples or embeddings; ``measure`` runs them all
+(reporting each step to an ``on_progress(done, total, what)`` callback; nothing here prints)
+and ``store_metrics`` writes the figures into a run's ``metrics`` table through ``RunStore``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,20 @@ from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from treegen.errors import InputError
-from treegen.task import YESNO_OPTIONS, Example, dedup_key
 from treegen.neardup import NearDuplicateIndex
+from treegen.task import YESNO_OPTIONS, Example, dedup_key
+
+if TYPE_CHECKING:
+    from treegen.store import RunStore
+
+# on_progress(done, total, what), as the students report it (treegen.students.ProgressCallback).
+ProgressCallback = Callable[[int, int, str], None]
+EMBED_CHUNK = 1024  # texts embedded between two progress reports
 
 # Defaults; each is a parameter of `measure` and is recorded with the figure it produced.
 DISTINCT_BUDGET = 3_000  # K tokens for distinct-n: a 300-item yes/no run has about 3,400
@@ -169,8 +177,8 @@ def self_bleu(
     best: list[dict[tuple, tuple[int, int, int]]] = []  # gram -> (top count, holder, second count)
     for per_item in counts:
         table: dict[tuple, tuple[int, int, int]] = {}
-        for j, c in enumerate(per_item):
-            for g, k in c.items():
+        for j, grams in enumerate(per_item):
+            for g, k in grams.items():
                 top, holder, second = table.get(g, (0, -1, 0))
                 if k > top:
                     table[g] = (k, j, top)
@@ -338,15 +346,17 @@ def contamination(
 # ---------------------------------------------------------------- students
 
 
-def _student_accuracy(student_name: str, train: list[Example], test: list[Example], seed: int) -> float:
+def _student_accuracy(student_name: str, train: list[Example], test: list[Example], seed: int,
+                      on_progress: ProgressCallback | None = None) -> float:
     from treegen.students import accuracy, get_student
 
     student = get_student(student_name)
-    student.fit(train, seed=seed)
+    student.fit(train, seed=seed, on_progress=on_progress)
     return accuracy(student, test)
 
 
-def complexity(student_name: str, examples: list[Example], seed: int = 0, max_half: int | None = None) -> float:
+def complexity(student_name: str, examples: list[Example], seed: int = 0, max_half: int | None = None,
+               on_progress: ProgressCallback | None = None) -> float:
     """1 - accuracy of a student trained on one seeded half of the set and tested on the other.
 
     ``max_half`` caps the size of each half (a seeded subsample of the set, for speed).
@@ -358,7 +368,7 @@ def complexity(student_name: str, examples: list[Example], seed: int = 0, max_ha
         half = min(half, max_half)
     train = [examples[i] for i in order[:half]]
     test = [examples[i] for i in order[half : 2 * half]]
-    return 1.0 - _student_accuracy(student_name, train, test, seed)
+    return 1.0 - _student_accuracy(student_name, train, test, seed, on_progress)
 
 
 # ---------------------------------------------------------------- all together
@@ -441,8 +451,13 @@ def measure(
     mauve_items: int = MAUVE_ITEMS,
     near_threshold: float = NEAR_THRESHOLD,
     student_items: int = STUDENT_TRAIN_ITEMS,
+    on_progress: ProgressCallback | None = None,
 ) -> MetricsReport:
-    """Every measure of ``created`` against ``reference``; nothing is written."""
+    """Every measure of ``created`` against ``reference``; nothing is written.
+
+    ``on_progress(done, total, what)`` hears of each step as ``(0, 1, step)`` when it starts and
+    ``(1, 1, step)`` when it ends, and of embedding and student training as they advance.
+    """
     from treegen.embedders import get_embedder
 
     n = len(created)
@@ -464,8 +479,10 @@ def measure(
     notes = list(reference.notes)
     out: list[Metric] = []
     t_start = time.perf_counter()
+    step = _Steps(on_progress)
 
     # Lexical diversity, created and reference at the same K.
+    step("distinct-n")
     c_tokens = [tokenize(item_text(e)) for e in created]
     r_tokens = [tokenize(item_text(e)) for e in ref]
     budget = min(distinct_budget, sum(map(len, c_tokens)))
@@ -476,6 +493,7 @@ def measure(
     for k in (1, 2, 3, 4):
         out.append(Metric(f"distinct_{k}", dist_c[k], n, {"K": k_used, "seed": seed, "reference_value": dist_r[k]}))
     out.append(Metric("distinct_k_tokens", float(k_used), n, {"asked": distinct_budget}))
+    step("self-BLEU")
     sb, sb_n = self_bleu(c_tokens, self_bleu_items, seed)
     sb_r, sb_rn = self_bleu(r_tokens, min(self_bleu_items, sb_n), seed)
     out.append(Metric("self_bleu", sb, sb_n, {"max_items": self_bleu_items, "seed": seed, "epsilon": BLEU_EPSILON,
@@ -484,12 +502,16 @@ def measure(
         notes.append(f"self-BLEU on a seeded subsample of {sb_n} of {n} items")
 
     # Embeddings: created set, reference sample, contamination pool, seeds.
+    step(f"loading the {embedder} embedder")
     t = time.perf_counter()
     emb = get_embedder(embedder)  # loading the model counts as embedding time
-    c_emb = emb.embed([item_text(e) for e in created])
+    step("embedding the created items")
+    c_emb = _embed(emb, [item_text(e) for e in created], on_progress, "embedding the created items")
     r_idx = _sample(len(ref), mauve_items, seed)
-    r_emb = emb.embed([item_text(ref[i]) for i in r_idx])
+    step("embedding the reference items")
+    r_emb = _embed(emb, [item_text(ref[i]) for i in r_idx], on_progress, "embedding the reference items")
     timings["embedding"] += time.perf_counter() - t
+    step("remote-clique and APS")
     labels = [label_key(e) for e in created]
 
     aps = mean_pairwise_cosine(c_emb)
@@ -510,6 +532,7 @@ def measure(
     from treegen.mauve import compute_mauve
 
     m_idx = _sample(n, mauve_items, seed)
+    step("MAUVE")
     t = time.perf_counter()
     res = compute_mauve(c_emb[m_idx], r_emb, seed=seed, max_dims=MAUVE_MAX_DIMS)
     timings["mauve"] = time.perf_counter() - t
@@ -520,6 +543,7 @@ def measure(
         notes.append(f"MAUVE on seeded subsamples of at most {mauve_items} items per side")
 
     # Distributions.
+    step("label balance and length")
     out.append(Metric("label_balance_tv", total_variation(label_distribution(created), label_distribution(ref)), n,
                       {"created": label_distribution(created), "reference": label_distribution(ref)}))
     c_len = [len(t_) for t_ in c_tokens]
@@ -531,15 +555,17 @@ def measure(
     # Students.
     if student:
         t = time.perf_counter()
-        _student_measures(out, notes, student, created, reference, seed, student_items)
+        _student_measures(out, notes, student, created, reference, seed, student_items, step, on_progress)
         timings["students"] = time.perf_counter() - t
 
     # Contamination.
     if reference.contamination_pool:
         pool = reference.contamination_pool
+        step("embedding the test+dev items")
         t = time.perf_counter()
-        pool_emb = emb.embed([item_text(e) for e in pool])
+        pool_emb = _embed(emb, [item_text(e) for e in pool], on_progress, "embedding the test+dev items")
         timings["embedding"] += time.perf_counter() - t
+        step("contamination")
         con = contamination(created, c_emb, pool, pool_emb, near_threshold)
         cp = {**emb_params, "threshold": near_threshold, "pool": f"{reference.name} test+dev", "pool_items": len(pool)}
         out.append(Metric("contamination_exact", float(con["exact"]), n, cp))
@@ -554,8 +580,10 @@ def measure(
     # Drift from the root seed, per depth.
     if run_nodes is not None and run_nodes.examples:
         root_ids = sorted(run_nodes.roots)
+        step("drift from the root seeds")
         t = time.perf_counter()
-        seed_emb = emb.embed([item_text(run_nodes.roots[r]) for r in root_ids])
+        seed_emb = _embed(emb, [item_text(run_nodes.roots[r]) for r in root_ids], on_progress,
+                          "embedding the root seeds")
         timings["embedding"] += time.perf_counter() - t
         where = {r: i for i, r in enumerate(root_ids)}
         keep = [i for i, r in enumerate(run_nodes.root_ids) if r in where]
@@ -564,14 +592,47 @@ def measure(
         for d, (value, count) in drift.items():
             out.append(Metric(f"drift_depth_{d}", value, count, {**emb_params, "distance": "1 - cosine to root seed"}))
 
+    step.finish()
     total = time.perf_counter() - t_start
     timings["measures"] = total - timings["embedding"]
     return MetricsReport(source=source, reference=reference.name, n_items=n, simulated=simulated, metrics=out,
                          notes=notes, timings=timings)
 
 
+class _Steps:
+    """Reports the end of the previous step and the start of the next one to ``on_progress``."""
+
+    def __init__(self, on_progress: ProgressCallback | None):
+        self.on_progress = on_progress
+        self.current: str | None = None
+
+    def __call__(self, what: str) -> None:
+        self.finish()
+        self.current = what
+        if self.on_progress is not None:
+            self.on_progress(0, 1, what)
+
+    def finish(self) -> None:
+        if self.current is not None and self.on_progress is not None:
+            self.on_progress(1, 1, self.current)
+        self.current = None
+
+
+def _embed(emb: Any, texts: list[str], on_progress: ProgressCallback | None, what: str) -> np.ndarray:
+    """``emb.embed(texts)`` in chunks, reporting the texts done (one call when there is no callback)."""
+    if on_progress is None or len(texts) <= EMBED_CHUNK:
+        return np.asarray(emb.embed(texts))
+    parts = []
+    for start in range(0, len(texts), EMBED_CHUNK):
+        parts.append(np.asarray(emb.embed(texts[start : start + EMBED_CHUNK])))
+        on_progress(min(len(texts), start + EMBED_CHUNK), len(texts), f"{what}: texts")
+    return np.vstack(parts)
+
+
 def _student_measures(out: list[Metric], notes: list[str], student: str, created: list[Example],
-                      reference: Reference, seed: int, max_train: int = STUDENT_TRAIN_ITEMS) -> None:
+                      reference: Reference, seed: int, max_train: int = STUDENT_TRAIN_ITEMS,
+                      step: Callable[[str], None] | None = None,
+                      on_progress: ProgressCallback | None = None) -> None:
     from treegen.errors import StudentError
     from treegen.students import min_train_examples
 
@@ -581,24 +642,29 @@ def _student_measures(out: list[Metric], notes: list[str], student: str, created
     judge = [ref[i] for i in _sample(len(ref), max_train, seed)]
     if len(judge) < len(ref):
         notes.append(f"faithfulness: student trained on a seeded subsample of {len(judge)} of {len(ref)} reference items")
+    step = step or (lambda what: None)
+    step(f"faithfulness ({student} student)")
     try:
-        out.append(Metric("faithfulness", _student_accuracy(student, judge, created, seed), n,
+        out.append(Metric("faithfulness", _student_accuracy(student, judge, created, seed, on_progress), n,
                           {**sp, "trained_on": f"{reference.name} ({len(judge)} items)", "max_train": max_train}))
     except StudentError as exc:
         notes.append(f"faithfulness not measured: {exc}")
     if n // 2 >= min_train_examples(student):
         if n // 2 > max_train:
             notes.append(f"complexity: halves of {max_train} items each, from a seeded shuffle of {n}")
+        step(f"complexity ({student} student)")
         try:
-            out.append(Metric("complexity", complexity(student, created, seed, max_train), min(n, 2 * max_train),
+            out.append(Metric("complexity", complexity(student, created, seed, max_train, on_progress),
+                              min(n, 2 * max_train),
                               {**sp, "split": "seeded halves", "max_half": max_train}))
         except StudentError as exc:
             notes.append(f"complexity not measured: {exc}")
     else:
         notes.append(f"complexity not measured: a half of {n} items is too small to train the {student} student")
     if reference.test:
+        step(f"performance ({student} student)")
         try:
-            out.append(Metric("performance", _student_accuracy(student, created, reference.test, seed), n,
+            out.append(Metric("performance", _student_accuracy(student, created, reference.test, seed, on_progress), n,
                               {**sp, "tested_on": f"{reference.name} test ({len(reference.test)} items)"}))
         except StudentError as exc:
             notes.append(f"performance not measured: {exc}")
@@ -609,13 +675,13 @@ def _student_measures(out: list[Metric], notes: list[str], student: str, created
 # ---------------------------------------------------------------- runs and storage
 
 
-def load_run_nodes(db: Any) -> tuple[RunNodes, dict[str, Any]]:
+def load_run_nodes(store: RunStore) -> tuple[RunNodes, dict[str, Any]]:
     """Accepted nodes (creation order) and seeds of a run, and the run's row."""
-    from treegen.store import node_example, run_row
+    from treegen.store import NodeStatus, node_example
 
-    row = run_row(db)
-    accepted = list(db.query("select * from nodes where status = 'accepted' order by id"))
-    seeds = {r["id"]: node_example(r) for r in db.query("select * from nodes where status = 'seed'")}
+    row = store.run()
+    accepted = store.nodes(statuses=(NodeStatus.ACCEPTED,))
+    seeds = {r["id"]: node_example(r) for r in store.nodes(statuses=(NodeStatus.SEED,))}
     nodes = RunNodes(
         examples=[node_example(r) for r in accepted],
         depths=[int(r["depth"] or 0) for r in accepted],
@@ -625,8 +691,8 @@ def load_run_nodes(db: Any) -> tuple[RunNodes, dict[str, Any]]:
     return nodes, row
 
 
-def store_metrics(db: Any, report: MetricsReport) -> int:
-    """Append the report's figures to the run's ``metrics`` table; returns rows written."""
+def store_metrics(store: RunStore, report: MetricsReport) -> int:
+    """Append the report's figures to the run's ``metrics`` table (one transaction); rows written."""
     from treegen.store import utcnow
 
     now = utcnow()
@@ -642,6 +708,4 @@ def store_metrics(db: Any, report: MetricsReport) -> int:
         }
         for m in report.metrics
     ]
-    with db.conn:
-        db["metrics"].insert_all(rows)
-    return len(rows)
+    return store.insert_metrics(rows)

@@ -13,7 +13,7 @@ migrations = sqlite_utils.Migrations("treegen")
 
 @migrations()
 def m001_initial(db: sqlite_utils.Database) -> None:
-    db["runs"].create(
+    db.table("runs").create(
         {
             "id": str,  # run id, also the folder name
             "created_at": str,
@@ -31,7 +31,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["calls"].create(
+    db.table("calls").create(
         {
             "id": int,
             "created_at": str,
@@ -63,7 +63,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"created_at", "status", "attempt"},
     )
-    db["nodes"].create(
+    db.table("nodes").create(
         {
             "id": int,
             "parent_id": int,
@@ -87,17 +87,17 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         pk="id",
         foreign_keys=[("call_id", "calls", "id")],
     )
-    db["nodes"].create_index(["status", "depth"])
-    db["nodes"].create_index(["dedup_key"])
-    db["nodes"].create_index(["parent_id"])
-    db["calls"].create_index(["status"])
+    db.table("nodes").create_index(["status", "depth"])
+    db.table("nodes").create_index(["dedup_key"])
+    db.table("nodes").create_index(["parent_id"])
+    db.table("calls").create_index(["status"])
 
 
 @migrations()
 def m002_metrics(db: sqlite_utils.Database) -> None:
     # Quality figures from `treegen metrics`, appended on every measurement (history kept);
     # `treegen compare` reads name, value and created_at.
-    db["metrics"].create(
+    db.table("metrics").create(
         {
             "id": int,
             "created_at": str,
@@ -110,13 +110,13 @@ def m002_metrics(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["metrics"].create_index(["name", "created_at"])
+    db.table("metrics").create_index(["name", "created_at"])
 
 
 @migrations()
 def m003_student_results(db: sqlite_utils.Database) -> None:
     # One row per (trained student, evaluated dataset): `treegen eval` and `treegen compare`.
-    db["student_results"].create(
+    db.table("student_results").create(
         {
             "id": int,
             "created_at": str,
@@ -140,20 +140,20 @@ def m003_student_results(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["student_results"].create_index(["student", "task", "dataset"])
+    db.table("student_results").create_index(["student", "task", "dataset"])
 
 
 @migrations()
 def m004_requests_views(db: sqlite_utils.Database) -> None:
     # Each call's request beside its response, so a run can be audited and replayed: the
     # messages are stored once in ``prompts`` (deduplicated by hash) and referenced.
-    db["prompts"].create({"hash": str, "messages": str}, pk="hash")
-    db["calls"].add_column("prompt_hash", str, fk="prompts", fk_col="hash")
-    db["calls"].add_column("params", str)  # JSON: max_tokens, temperature, seed, response_format dialect
-    db["calls"].add_column("base_url", str)
+    db.table("prompts").create({"hash": str, "messages": str}, pk="hash")
+    db.table("calls").add_column("prompt_hash", str, fk="prompts", fk_col="hash")
+    db.table("calls").add_column("params", str)  # JSON: max_tokens, temperature, seed, response_format dialect
+    db.table("calls").add_column("base_url", str)
     # parent_id is a node of the same tree (declared for tools such as Datasette).
-    if not any(fk.column == "parent_id" for fk in db["nodes"].foreign_keys):
-        db["nodes"].add_foreign_key("parent_id", "nodes", "id")
+    if not any(fk.column == "parent_id" for fk in db.table("nodes").foreign_keys):
+        db.table("nodes").add_foreign_key("parent_id", "nodes", "id")
     db.create_view("accepted_examples", """
         select id, depth, parent_id, root_id, strategy, question, context, options, label,
                cost_share_micro, novelty, created_at

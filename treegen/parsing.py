@@ -114,21 +114,21 @@ def _scan(text: str) -> list[_Span]:
             # Pop to the nearest open object; unclosed arrays inside it are dropped.
             if open_objects:
                 while stack:
-                    kind, span = stack.pop()
+                    kind, closed = stack.pop()
                     if kind == "{":
-                        assert span is not None
-                        span.end = i + 1
+                        assert closed is not None
+                        closed.end = i + 1
                         open_objects -= 1
-                        _lift_height(span, stack)
+                        _lift_height(closed, stack)
                         break
         elif ch == "]":
             if stack and stack[-1][0] == "[":
                 stack.pop()
         i += 1
     while stack:  # objects the text ends inside: their heights still reach their parents
-        kind, span = stack.pop()
-        if kind == "{" and span is not None:
-            _lift_height(span, stack)
+        kind, unclosed = stack.pop()
+        if kind == "{" and unclosed is not None:
+            _lift_height(unclosed, stack)
     return roots
 
 

@@ -16,7 +16,7 @@ import treegen
 from treegen.errors import ConfigError
 from treegen.strategies import STRATEGIES
 
-PRESET_KEYS = {
+PRESET_KEYS: dict[str, Any] = {
     "strategy": str, "description": str, "k": int, "temperature": (int, float), "top_p": (int, float),
     "max_output_tokens": int, "branching": int, "chains": int, "max_depth": int, "embedder": str,
     "near_dup": (int, float),
@@ -46,14 +46,15 @@ def resolve_strategy(name_or_path: str) -> dict[str, Any]:
                               f"{', '.join(sorted(set(STRATEGIES) | set(list_presets())))}.")
         path = p
     else:
-        path = list_presets().get(name_or_path)
-        if path is None:
+        found = list_presets().get(name_or_path)
+        if found is None:
             if name_or_path in STRATEGIES:
                 return {"strategy": name_or_path}
             raise ConfigError(
                 f"Unknown strategy {name_or_path!r}. Choose one of: "
                 f"{', '.join(sorted(set(STRATEGIES) | set(list_presets())))}, or give the path of a preset TOML file."
             )
+        path = found
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:

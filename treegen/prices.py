@@ -169,14 +169,14 @@ def require_price(model: str, table: dict[str, ModelPrice], overrides: ModelPric
     if overrides is not None:
         price = parse_price_override(overrides, model) if isinstance(overrides, str) else overrides
         return replace(price, model=model)
-    price = price_for(model, table)
-    if price is None:
+    known = price_for(model, table)
+    if known is None:
         raise UnknownModelPriceError(
             f"No price known for model {model!r}. A dollar cap needs prices: pass --prices "
             "input=0.20,output=0.60 (dollars per 1M tokens), add the model to budgets/prices/openai.toml, "
             "or cap with --max-tokens / --max-calls instead."
         )
-    return price
+    return known
 
 
 def _ceil_div(num: int, den: int) -> int:

@@ -67,7 +67,7 @@ def load_budget_profile(name_or_path: str) -> dict[str, Any]:
         types, what = PROFILE_KEYS[key]
         if isinstance(value, bool) or not isinstance(value, types):
             raise ConfigError(f"{path}: {key} = {value!r} is not valid. Write {what}.")
-        if value < 0:
+        if value < 0:  # type: ignore[operator]
             raise ConfigError(f"{path}: {key} = {value!r} is negative. Write {what}.")
         caps[key] = value
     if not caps:

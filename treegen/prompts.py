@@ -1,78 +1,106 @@
 """The prompt that shows the in-context example(s) and asks for k new ones in the same format.
 
-Contract with the simulator (and any reader of a logged prompt): every in-context example
-stands alone on a line as one compact JSON object in the unified format, between the lines
-``<examples>`` and ``</examples>``, and the request says ``Write {k} new examples``.
+Short on purpose: every token of it is paid on every request. Layout, fixed part first so a
+provider's prompt cache (and ``treegen.tokens``' count cache) sees one prefix per run:
+
+- system (fixed for a run): what to write, the one rule the examples cannot show (the
+  label is the text of the correct option), and, without structured outputs, the reply
+  format in one line. With structured outputs the JSON schema carries the format.
+- user (varies): the example(s), one compact JSON object a line, in the order of the
+  schema's fields and without the fields the format does not have (no ``"context": null``
+  in closed-book formats), then ``Write {k} new examples.``
+
+Contract with the simulator (``read_prompt``) and any reader of a logged prompt: every line
+of the user message that is a JSON object is an in-context example, and the request says
+``Write {k} new example(s)``.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 from treegen.task import Example, TaskFormat
 
-SYSTEM_PROMPT = (
-    "You create training examples for a machine-learning task. Each example is one JSON object "
-    'with the fields "question", "context", "options" and "label", where "label" is the exact '
-    "text of the correct option. New examples must be correct, self-contained, varied, and "
-    "different from the ones shown."
-)
+_ROLE = "Write new, varied, correct examples like the ones shown, not copies."
+_PLAIN_FORMAT = "One JSON object a line, nothing else."
 
 
-def format_instructions(fmt: TaskFormat) -> str:
+@functools.lru_cache(maxsize=64)
+def system_prompt(fmt: TaskFormat, structured: bool = False, task_description: str | None = None) -> str:
+    """The fixed part of a run's prompt (one string per format, reply mode and description).
+
+    The shown examples teach the fields; only what they cannot show is said: the label's
+    meaning, that a context must answer the question, and (without a schema) the reply format.
+    """
+    parts = [f"Task: {task_description.strip()}" if task_description and task_description.strip() else "", _ROLE]
     if fmt.kind == "yesno":
-        ctx = (
-            'Each example has a "context" passage and a yes/no "question" answerable from it.'
-            if fmt.has_context
-            else 'Each example is a yes/no "question" with "context": null.'
-        )
-        return ctx + ' "options" is always ["True", "False"] and "label" is "True" or "False".'
-    ctx = 'Each example has a "context" passage.' if fmt.has_context else 'Each example has "context": null.'
-    return (
-        f'{ctx} "options" is a list of exactly {fmt.n_options} distinct answer texts and "label" '
-        "is the text of the one correct option."
-    )
+        parts.append('label is "True" or "False".')
+    else:
+        parts.append("label is the correct option's text.")
+    if fmt.has_context:
+        parts.append("The context must answer the question.")
+    if not structured:
+        parts.append(_PLAIN_FORMAT)
+    return " ".join(p for p in parts if p)
+
+
+def example_fields(example: Example, fmt: TaskFormat | None = None) -> dict[str, Any]:
+    """The fields a model sees and writes: ``context`` only when the format has one."""
+    has_context = fmt.has_context if fmt is not None else example.context is not None
+    fields: dict[str, Any] = {"question": example.question}
+    if has_context:
+        fields["context"] = example.context or ""
+    fields["options"] = list(example.options)
+    fields["label"] = example.label
+    return fields
+
+
+def render_example(example: Example, fmt: TaskFormat | None = None) -> str:
+    """One example as the prompt shows it: compact JSON, no spaces after separators."""
+    return json.dumps(example_fields(example, fmt), ensure_ascii=False, separators=(",", ":"))
 
 
 def build_messages(
-    examples: Sequence[Example], fmt: TaskFormat, k: int, task_description: str | None = None
+    examples: Sequence[Example], fmt: TaskFormat, k: int, task_description: str | None = None,
+    *, structured: bool = False,
 ) -> list[dict[str, str]]:
-    """Chat messages asking for ``k`` new examples like ``examples``."""
-    shown = "\n".join(ex.to_json() for ex in examples)
-    intro = f"Task: {task_description}\n\n" if task_description else ""
-    noun = "example" if len(examples) == 1 else "examples"
-    user = (
-        f"{intro}Here is {'an' if len(examples) == 1 else len(examples)} {noun} of the task:\n"
-        f"<examples>\n{shown}\n</examples>\n\n"
-        f"{format_instructions(fmt)}\n"
-        f"Write {k} new examples of the same task, in the same format. "
-        "Answer with a JSON array of the new objects and nothing else."
-    )
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    """Chat messages asking for ``k`` new examples like ``examples``.
+
+    ``structured``: the request also carries the JSON schema of the reply (structured
+    outputs), so the prompt leaves the reply format to it. Without it (the default, safe
+    for any server) the system message asks for one JSON object a line.
+    """
+    shown = "\n".join(render_example(ex, fmt) for ex in examples)
+    ask = f"Write {k} new example{'' if k == 1 else 's'}."
+    return [
+        {"role": "system", "content": system_prompt(fmt, structured, task_description)},
+        {"role": "user", "content": f"{shown}\n{ask}"},
+    ]
 
 
-_EXAMPLES_BLOCK = re.compile(r"<examples>\n(.*?)\n</examples>", re.S)
-_K = re.compile(r"Write (\d+) new examples")
+_K = re.compile(r"Write (\d+) new example")
 
 
 def read_prompt(messages: Sequence[dict[str, str]]) -> tuple[list[dict], int]:
     """The in-context example objects and k from messages built by ``build_messages``.
 
-    Used by the simulator. Returns ([], 1) for a prompt of another shape.
+    Used by the simulator. Returns ([], 1) for a prompt of another shape. Also reads the
+    earlier prompt shape (examples between ``<examples>`` lines), so logged runs replay.
     """
-    import json
-
     text = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "user")
     shown: list[dict] = []
-    block = _EXAMPLES_BLOCK.search(text)
-    if block:
-        for line in block.group(1).splitlines():
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                shown.append(obj)
+    for line in text.splitlines():
+        line = line.strip()
+        if not (line.startswith("{") and line.endswith("}")):
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            shown.append(obj)
     m = _K.search(text)
     return shown, int(m.group(1)) if m else 1

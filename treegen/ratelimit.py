@@ -42,8 +42,9 @@ class _Bucket:
     def wait(self, amount: float, now: float) -> float:
         """Seconds until ``amount`` (capped at the bucket size) is in the bucket."""
         self.refill(now)
-        need = min(amount, self.capacity)
-        return max(0.0, (need - self.level) / self.rate)
+        short = min(amount, self.capacity) - self.level
+        # Rounding can leave a refill a hair short of a whole request: count that as there.
+        return short / self.rate if short > 1e-9 * max(1.0, amount) else 0.0
 
     def take(self, amount: float, now: float) -> None:
         self.refill(now)

@@ -9,7 +9,7 @@ and ``treegen.engine.Progress``; this module only draws.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import click
 from rich.console import Console, Group, RenderableType
@@ -19,12 +19,14 @@ from rich.table import Table
 from rich.text import Text
 
 from treegen.budget import Caps
-from treegen.engine import Progress
 from treegen.prices import format_usd
+
+if TYPE_CHECKING:  # the engine pulls in the OpenAI client (about 1 s): not needed to draw
+    from treegen.engine import Progress
 
 # Below this many columns of text per table column, a grid folds most cells into slivers:
 # the plain layout reads better.
-MIN_COLUMN_WIDTH = 14
+MIN_COLUMN_WIDTH = 10
 MIN_TABLE_WIDTH = 60
 
 
@@ -92,6 +94,16 @@ def table(
     for r in rows:
         t.add_row(*(Text(v) for v in r))  # Text: a cell that holds "[...]" stays literal
     return t
+
+
+def show(console: Console, *parts: RenderableType) -> None:
+    """Print renderables; plain text is printed unwrapped (soft wrap), so a long "key: value"
+    line stays one line in a pipe and the terminal, not rich, wraps it on screen."""
+    for part in parts:
+        if isinstance(part, Text):
+            console.print(part, soft_wrap=True)
+        else:
+            console.print(part)
 
 
 def simulated_banner(console: Console) -> RenderableType:
@@ -169,7 +181,7 @@ def render_status(summary: dict[str, Any], by_depth: list[dict[str, Any]], by_st
         parts.append(Text(
             f"prices used ({p.get('model', model)}, dollars per 1M tokens): input {p['input'] / 1e6:g}, "
             f"cached input {p['cached_input'] / 1e6:g}, output {p['output'] / 1e6:g}", style="dim"))
-    console.print(Group(*parts))
+    show(console, *parts)
     if sim:
         console.print(Text("SIMULATED RUN: not real model output, not real spending.", style="bold red"))
 

@@ -218,12 +218,27 @@ class RunStore:
         return store
 
     @classmethod
-    def open_results(cls, folder: str | Path) -> "RunStore":
+    def open_results(cls, folder: str | Path, readonly: bool = False) -> "RunStore":
         """The database that holds student results: a run's, or one made for --data/--human."""
         folder = Path(folder)
         db_path = folder / DB_NAME if folder.suffix != ".db" else folder
         if db_path.exists():
-            return cls.open(db_path)
+            try:
+                return cls.open(db_path, readonly=readonly)
+            except RunNotFoundError:
+                pass  # a results-only database (--data, --human) holds no run row
+            with _database_errors(db_path):
+                conn = (sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None) if readonly
+                        else sqlite3.connect(str(db_path), isolation_level=None))
+                store = cls(conn, db_path, readonly=readonly)
+                if not store.has_table("student_results"):
+                    conn.close()
+                    raise RunNotFoundError(f"{db_path} is a SQLite database but holds no treegen results.")
+            if not readonly:
+                store._writable_setup()
+            return store
+        if readonly:
+            raise RunNotFoundError(f"No results at {folder}: train a student there first (`treegen train`).")
         db_path.parent.mkdir(parents=True, exist_ok=True)
         store = cls(sqlite3.connect(str(db_path), isolation_level=None), db_path)
         store._writable_setup()
@@ -479,6 +494,14 @@ class RunStore:
         self._insert_all("metrics", rows)
         return len(rows)
 
+    def metrics(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Rows of ``metrics`` (every measurement, oldest first), of one measure if named."""
+        if not self.has_table("metrics"):
+            return []
+        if name is None:
+            return self._rows("select * from metrics order by id")
+        return self._rows("select * from metrics where name = ? order by id", [name])
+
     def latest_metric(self, name: str) -> float | None:
         if not self.has_table("metrics"):
             return None
@@ -493,7 +516,8 @@ class RunStore:
                         max_n: int | None = None) -> list[dict[str, Any]]:
         if not self.has_table("student_results"):
             return []
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         for col, value in (("task", task), ("student", student), ("student_path", student_path), ("split", split)):
             if value is not None:
                 where.append(f"{col} = ?")

@@ -63,14 +63,30 @@ def count_text(text: str, model: str) -> int:
     return len(get_encoding(encoding_name_for_model(model)).encode(text, disallowed_special=()))
 
 
+@functools.lru_cache(maxsize=512)
+def _count_fixed(encoding_name: str, text: str) -> int:
+    """Tokens of a text that recurs (a run's system prompt, role names): counted once."""
+    return len(get_encoding(encoding_name).encode(text, disallowed_special=()))
+
+
 def count_messages(messages: Sequence[dict[str, str]], model: str) -> int:
-    """Prompt tokens of a chat request, with OpenAI's per-message framing (3 + 3 tokens)."""
-    enc = get_encoding(encoding_name_for_model(model))
+    """Prompt tokens of a chat request, with OpenAI's per-message framing (3 + 3 tokens).
+
+    Only user messages are encoded on every call: system prompts and role names repeat on
+    every request of a run and come from a small cache keyed by encoding and text.
+    """
+    name = encoding_name_for_model(model)
+    enc = get_encoding(name)
     total = 3  # every reply is primed with <|start|>assistant<|message|>
     for message in messages:
         total += 3
+        varying = message.get("role") == "user"
         for key, value in message.items():
-            total += len(enc.encode(str(value), disallowed_special=()))
+            text = str(value)
+            if key == "content" and varying:
+                total += len(enc.encode(text, disallowed_special=()))
+            else:
+                total += _count_fixed(name, text)
             if key == "name":
                 total += 1
     return total

@@ -146,7 +146,8 @@ class BatchStore:
         for part in msg.iter_parts() if msg.is_multipart() else ():
             name = part.get_param("name", header="content-disposition")
             if name:
-                fields[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
+                payload = part.get_payload(decode=True)
+                fields[str(name)] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
         if "file" not in fields:
             return 400, {}, _error("The upload has no 'file' field.", None, "file")
         purpose = fields.get("purpose", (None, b""))[1].decode("utf-8", "replace")

@@ -6,7 +6,10 @@ probability proportional to exp(sim / tau) without replacement, tau growing with
 request's temperature. Items are rendered in the shapes real models use (bare array, fenced
 array, one object a line, numbered list, with chatter). Faults are injected on demand: rate
 limits (429 + Retry-After), 500/503, hangs, malformed or truncated replies, wrong item counts,
-flipped labels, duplicates.
+flipped labels, duplicates; and hostile-server faults (replies past max_tokens, inflated
+usage, 200s with HTML / empty / non-JSON bodies, requests never answered, error bodies that
+echo the Authorization header). With a ``response_format`` the reply is one JSON object
+``{"examples": [...]}``. The Batch API (/v1/files, /v1/batches) lives in ``batch.py``.
 
 Determinism: a reply's content is a pure function of (config.seed, the request's ``seed``,
 the messages), whatever the concurrency. Transport faults (error, hang) are drawn from the
@@ -861,7 +864,8 @@ class SimServer:
                 f"The simulator cannot listen on {host}:{port} ({exc.strerror or exc}). "
                 "Pick another port with --port, or stop what is using this one."
             ) from None
-        self.host, self.port = self._httpd.server_address[:2]
+        bound_host, self.port = self._httpd.server_address[:2]
+        self.host = bound_host.decode() if isinstance(bound_host, bytes) else bound_host
         self.base_url = f"http://{self.host}:{self.port}/v1"
         self._thread: threading.Thread | None = None
 

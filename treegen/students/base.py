@@ -55,7 +55,7 @@ class Student(Protocol):
 def progress_counter(on_progress: ProgressCallback | None, total: int, what: str) -> Callable[[int], None]:
     """``advance(n)``: adds n to a running count and reports it (a no-op without a callback)."""
     if on_progress is None:
-        return lambda n=1: None
+        return _ignore
     done = 0
     on_progress(0, total, what)
 
@@ -65,6 +65,10 @@ def progress_counter(on_progress: ProgressCallback | None, total: int, what: str
         on_progress(done, total, what)
 
     return advance
+
+
+def _ignore(n: int = 1) -> None:
+    """``advance`` when nobody listens."""
 
 
 # ---------------------------------------------------------------- helpers shared by students
@@ -360,7 +364,7 @@ class LinearStudent:
         path.mkdir(parents=True, exist_ok=True)
         # npz, not pickle: a saved student is data and loading it runs no code.
         np.savez_compressed(path / "weights.npz", coef=self.coef, intercept=np.array([self.intercept]),
-                            **self._extra_arrays())
+                            **self._extra_arrays())  # type: ignore[arg-type]
         write_meta(path, {"student": self.name, "format": self.fmt.name, "C": self.C, "use_extra": self.use_extra,
                           "info": self.info, **self._extra_meta()})
 
