@@ -12,8 +12,8 @@ i+1..i+k stand for the model's k replies, rendered as each prompt makes a model 
   its code): one example shown in the unified JSON format, k asked for, replies in the same
   format separated by blank lines. Replies are written like the shown example, i.e. the
   dataset line, ``"context": null`` included.
-- treegen (before): the prompt as of git HEAD (treegen/prompts.py there), replies as a JSON
-  array of the unified objects (what it asked for).
+- treegen (before): the prompt before this change (treegen/prompts.py at commit 05ea70f),
+  replies as a JSON array of the unified objects (what it asked for).
 - treegen plain: the current prompt without structured outputs, replies one compact JSON
   object a line.
 - treegen structured: the current prompt with a JSON schema sent (structured outputs),
@@ -59,9 +59,12 @@ def paper_messages(shown_line: str, k: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": PAPER_INSTRUCTION.format(k=k, example=shown_line)}]
 
 
+BEFORE_COMMIT = "05ea70f"  # the last commit with the earlier prompt
+
+
 def load_head_prompts() -> Any:
-    """treegen/prompts.py as committed at git HEAD (the prompt before this change)."""
-    source = subprocess.run(["git", "show", "HEAD:treegen/prompts.py"], cwd=REPO, capture_output=True,
+    """treegen/prompts.py as committed at BEFORE_COMMIT (the prompt before this change)."""
+    source = subprocess.run(["git", "show", f"{BEFORE_COMMIT}:treegen/prompts.py"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout
     path = Path(tempfile.mkdtemp()) / "prompts_head.py"
     path.write_text(source, encoding="utf-8")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,39 +248,3 @@ def backoff_seconds(attempt: int, rng: random.Random, base: float = 0.5, cap: fl
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay
-
-
-class RateLimiter:
-    """Requests-per-minute and tokens-per-minute limits over a sliding 60 s window.
-
-    ``pause_until`` lets one 429 hold back every sender, not just the one that got it.
-    """
-
-    def __init__(self, rpm: int | None = None, tpm: int | None = None, window: float = 60.0):
-        self.rpm = rpm
-        self.tpm = tpm
-        self.window = window
-        self._sent: deque[tuple[float, int]] = deque()
-        self._tokens = 0
-        self._paused_until = 0.0
-        self._lock = asyncio.Lock()
-
-    def pause(self, seconds: float) -> None:
-        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
-
-    async def acquire(self, tokens: int) -> None:
-        async with self._lock:  # one waiter at a time keeps the order fair
-            while True:
-                now = time.monotonic()
-                while self._sent and self._sent[0][0] <= now - self.window:
-                    self._tokens -= self._sent.popleft()[1]
-                wait = self._paused_until - now
-                if self.rpm is not None and len(self._sent) >= self.rpm:
-                    wait = max(wait, self._sent[0][0] + self.window - now)
-                if self.tpm is not None and self._sent and self._tokens + tokens > self.tpm:
-                    wait = max(wait, self._sent[0][0] + self.window - now)
-                if wait <= 0:
-                    self._sent.append((now, tokens))
-                    self._tokens += tokens
-                    return
-                await asyncio.sleep(min(wait, 1.0))
