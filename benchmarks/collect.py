@@ -12,6 +12,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SECTIONS = [
+    ("REAL: the local model (SmolLM2-135M-Instruct Q4_1), structured vs plain", "real_local.md"),
+    ("REAL: strategies compared on the local model", "real_strategies.md"),
+    ("Tokens per example against the paper's prompt", "tokens_vs_paper.md"),
+    ("Hot path: rate limiter, near-duplicate index, report page", "hot_path.md"),
+    ("Soak: caps, kills and faults (SIMULATED)", "soak.md"),
     ("Engine: throughput against the standalone simulator", "engine_throughput.md"),
     ("Engine: local overhead as the tree grows", "engine_overhead.md"),
     ("Engine: tokens per accepted example", "engine_tokens.md"),

@@ -207,11 +207,13 @@ def test_body_that_is_not_a_completion(tmp_path, yesno_seeds, body):
 
 
 # ---- 6. caps under concurrency ----------------------------------------------------------
-@pytest.mark.parametrize("cap", [("--max-usd", "0.01"), ("--max-tokens", "25000")], ids=["usd", "tokens"])
-def test_caps_hold_under_concurrency(tmp_path, yesno_seeds, cap):
+@pytest.mark.parametrize("cap,errors", [(("--max-usd", "0.01"), 0.0), (("--max-tokens", "25000"), 0.0),
+                                        (("--max-usd", "0.01"), 0.3)], ids=["usd", "tokens", "usd-with-retries"])
+def test_caps_hold_under_concurrency(tmp_path, yesno_seeds, cap, errors):
+    # With server errors, retries must wait for the requests in flight to settle, like first attempts.
     out = tmp_path / "runs"
-    with serve(latency_ms=60, jitter_ms=60) as srv:
-        result = cli(*run_args(yesno_seeds, srv.base_url, out, "caps", "-c", "8", *cap))
+    with serve(latency_ms=60, jitter_ms=60, error_rate=errors) as srv:
+        result = cli(*run_args(yesno_seeds, srv.base_url, out, "caps", "-c", "8", "--max-retries", "5", *cap))
     assert result.exit_code == 0, text_of(result)
     calls = calls_of(out / "caps")
     assert len(calls) > 8
