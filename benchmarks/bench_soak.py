@@ -69,6 +69,7 @@ class Trial:
     seconds: float = 0.0
     time_over: float = 0.0
     tracebacks: int = 0
+    traceback_tail: str = ""  # the last lines of the first output holding a Traceback
 
 
 def random_faults(rng: random.Random) -> dict[str, Any]:
@@ -139,7 +140,10 @@ def finish(proc: subprocess.Popen, trial: Trial, limit: float = 180.0) -> None:
         out, err = proc.communicate()
         trial.overruns.append("process did not end")
     trial.exit_codes.append(proc.returncode)
-    trial.tracebacks += (out + err).decode(errors="replace").count("Traceback")
+    said = (out + err).decode(errors="replace")
+    trial.tracebacks += said.count("Traceback")
+    if "Traceback" in said and not trial.traceback_tail:
+        trial.traceback_tail = " | ".join(said.strip().splitlines()[-3:])
 
 
 def run_trial(trial: Trial, seeds: Path, root: Path, rng: random.Random, price: Any) -> None:
@@ -290,7 +294,8 @@ def main() -> None:
         for t in bad:
             print(f"- trial {t.index}: c={t.concurrency} caps={json.dumps(t.caps)} faults={json.dumps(t.faults)} "
                   f"kill_after={t.kill_after} exits={t.exit_codes} status={t.status!r} overruns={t.overruns} "
-                  f"lost={t.lost_examples} twice={t.double_counted} pending={t.pending_left} tracebacks={t.tracebacks}")
+                  f"lost={t.lost_examples} twice={t.double_counted} pending={t.pending_left} tracebacks={t.tracebacks} "
+                  f"{t.traceback_tail}")
 
 
 if __name__ == "__main__":

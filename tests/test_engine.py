@@ -81,8 +81,9 @@ def test_backend_sim_mcqa_runs_offline(tmp_path, csqa_seeds, datasets_dir):
 
 @pytest.mark.parametrize("strategy", ["naive", "random", "contrastive", "similar", "tree", "novelty"])
 def test_every_strategy_reaches_its_target(tmp_path, yesno_seeds, strategyqa_pool, strategy):
+    # Two chains (the default is 8, whatever -c is): 30 examples take them below depth 1.
     result = cli("run", yesno_seeds, "--backend", "sim", "--sim-pool", strategyqa_pool, "-s", strategy,
-                 "--target", 30, "--max-usd", 0.1, "--out", tmp_path, "--quiet", "-c", 2)
+                 "--target", 30, "--max-usd", 0.1, "--out", tmp_path, "--quiet", "-c", 2, "--chains", 2)
     assert result.exit_code == 0, result.output
     run = only_run(tmp_path)
     assert q(run, "select count(*) from nodes where status='accepted'")[0][0] == 30

@@ -111,7 +111,7 @@ def test_an_empty_expansion_is_retried_a_bounded_number_of_times():
 
 
 def test_novelty_expands_the_most_novel_first():
-    s = make_strategy("novelty", StrategyParams(seed=0))
+    s = make_strategy("novelty", StrategyParams(seed=0, chains=4))  # a wave of 4: the seed, then 3
     s.start([node(1, 0)])
     job = s.next_job()
     s.on_result(job, [node(2, 1, novelty=0.1), node(3, 1, novelty=0.8), node(4, 1, novelty=0.4)], 1)

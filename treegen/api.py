@@ -133,7 +133,13 @@ async def execute_async(store: RunStore, cfg: RunConfig, api_key: str | None = N
                         http_client: Any = None) -> RunResult:
     """Run the engine on an open run, holding its lock, with its endpoint up."""
     with RunLock(store.run_dir), endpoint(cfg) as base_url:
-        engine = Engine(store, cfg, base_url, api_key=api_key, on_progress=on_progress, http_client=http_client)
+        _keep_disk_reserve(store.run_dir)
+        engine_cls: type[Engine] = Engine
+        if cfg.batch:
+            from treegen.batching import BatchEngine
+
+            engine_cls = BatchEngine
+        engine = engine_cls(store, cfg, base_url, api_key=api_key, on_progress=on_progress, http_client=http_client)
         loop = asyncio.get_running_loop()
         installed: list[int] = []
         presses = {"n": 0}
@@ -168,7 +174,23 @@ async def execute_async(store: RunStore, cfg: RunConfig, api_key: str | None = N
     return result
 
 
+DISK_RESERVE = ".disk-reserve"
+DISK_RESERVE_BYTES = 128 * 1024
+
+
+def _keep_disk_reserve(run_dir: Path) -> None:
+    """A little disk space held back in the run folder, given up when the disk fills so that
+    the run's final status can still be written."""
+    path = run_dir / DISK_RESERVE
+    if not path.exists():
+        try:
+            path.write_bytes(b"\0" * DISK_RESERVE_BYTES)
+        except OSError:
+            path.unlink(missing_ok=True)
+
+
 def _mark_stopped(store: RunStore, reason: str) -> None:
+    (store.run_dir / DISK_RESERVE).unlink(missing_ok=True)
     try:
         store.set_status(RunStatus.FAILED, reason)
     except Exception:  # noqa: BLE001 - the disk may still be full; resume repairs the status

@@ -143,6 +143,8 @@ def run(
     structured: Optional[str] = typer.Option(None, "--structured", help="auto, json_schema, json_object or off: how the JSON schema of the examples is sent." + _d("structured")),
     expand_retries: Optional[int] = typer.Option(None, "--expand-retries", help="Times an expansion that gave no accepted example is tried again." + _d("expand_retries")),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", "-c", help="Requests in flight." + _d("concurrency")),
+    batch: Optional[bool] = typer.Option(None, "--batch", help="Send the requests as OpenAI Batch jobs, at Batch prices (half of list), one job per tree depth."),
+    batch_wave: Optional[int] = typer.Option(None, "--batch-wave", help="--batch with chain strategies: requests per Batch job." + _d("batch_wave")),
     rpm: Optional[int] = typer.Option(None, "--rpm", help="Requests per minute limit."),
     tpm: Optional[int] = typer.Option(None, "--tpm", help="Tokens per minute limit."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to wait for one reply." + _d("timeout")),
@@ -184,6 +186,12 @@ def run(
         " (REAL: local model " + Path(cfg.local.model_path or "").name + ")" if cfg.local else "")
     _stdout_console().print(f"Run {store.run()['id']} in {store.run_dir}{label}; caps: {cfg.caps.describe()}",
                             markup=False)
+    from treegen.forecast import warn_if_short
+    from treegen.store import node_example
+
+    warning = warn_if_short(cfg, [node_example(r) for r in store.nodes(("seed",))])
+    if warning:
+        _stderr_console().print(f"Warning: {warning}", markup=False)
     with store:
         _execute(store, cfg, quiet)
 
@@ -214,9 +222,9 @@ def resume(
 
 
 def _register_areas() -> None:
-    from treegen import cli_metrics, cli_reports, cli_sim, cli_students
+    from treegen import cli_batch, cli_metrics, cli_reports, cli_sim, cli_students
 
-    for module in (cli_reports, cli_sim, cli_students, cli_metrics):
+    for module in (cli_reports, cli_sim, cli_students, cli_metrics, cli_batch):
         module.register(app)
 
 

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from treegen.render import LazyConsole
 from treegen.errors import ConfigError, InputError
 
-console = Console()
+console = LazyConsole()
 
 _HELP = """Measure a created dataset against the task's human data: diversity (distinct-n, self-BLEU,
 remote-clique, APS), conformity (MAUVE), faithfulness, complexity, performance (a student),
@@ -111,7 +110,7 @@ def run_metrics(
 def _print_report(report, info: dict) -> None:  # noqa: ANN001 - MetricsReport
     if report.simulated:
         console.print("[bold yellow]SIMULATED[/] run: the examples came from the simulator, not a model.")
-    table = Table(title=f"{report.source} vs {report.reference} ({report.n_items:,} items)")
+    table = _rich_table()(title=f"{report.source} vs {report.reference} ({report.n_items:,} items)")
     table.add_column("measure", overflow="fold")
     table.add_column("value", justify="right", overflow="fold")
     table.add_column("reference", justify="right", overflow="fold")
@@ -126,7 +125,7 @@ def _print_report(report, info: dict) -> None:  # noqa: ANN001 - MetricsReport
     console.print(table)
     drift = [m for m in report.metrics if m.name.startswith("drift_depth_")]
     if drift:
-        dt = Table(title="Drift from the root seed (1 - cosine)")
+        dt = _rich_table()(title="Drift from the root seed (1 - cosine)")
         dt.add_column("depth", justify="right", overflow="fold")
         dt.add_column("distance", justify="right", overflow="fold")
         dt.add_column("nodes", justify="right", overflow="fold")
@@ -181,3 +180,10 @@ def _json_default(obj: object) -> object:
     if hasattr(obj, "item"):
         return obj.item()  # numpy scalars
     return str(obj)
+
+
+def _rich_table() -> Any:
+    """rich's Table class, imported when a table is drawn (not at every CLI start)."""
+    from rich.table import Table
+
+    return Table

@@ -8,26 +8,28 @@ from __future__ import annotations
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 import typer
-from rich.console import Console
 
 from treegen.errors import OutputError, RunNotFoundError, UnknownModelPriceError
-from treegen.export import FORMATS, card_path, detect_format, export_run, export_stdout, push_to_hub
-from treegen.lineage import export_graphml
-from treegen.prices import find_prices_file, format_usd, load_price_table, price_for
-from treegen.profiles import list_budget_profiles, load_budget_profile, profile_description
-from treegen.render import print_json, render_status, show, table
-from treegen.report_html import write_report
-from treegen.reports import by_depth, by_strategy, run_list, run_summary
-from treegen.store import RunStore
+from treegen.render import LazyConsole
 
-console = Console()
-err_console = Console(stderr=True)
+if TYPE_CHECKING:
+    from treegen.store import RunStore
+
+# Every command imports what it uses when it runs: `treegen run` (and --help) must not pay for
+# the exporters, networkx, the HTML report or the store's helpers (issue 12: start-up CPU).
+# The export formats, for the help text; tests/test_speed.py checks them against treegen.export.FORMATS.
+EXPORT_FORMATS = ("jsonl", "csv", "parquet", "hf")
+
+console = LazyConsole()
+err_console = LazyConsole(stderr=True)
 
 
-def _open(run: Path) -> RunStore:
+def _open(run: Path) -> "RunStore":
+    from treegen.store import RunStore
+
     return RunStore.open(run, readonly=True)
 
 
@@ -36,6 +38,10 @@ def runs(
     as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
 ) -> None:
     """List the runs in FOLDER: id, status, strategy, model, accepted, spent, simulated."""
+    from treegen.prices import format_usd
+    from treegen.render import print_json, show, table
+    from treegen.reports import run_list
+
     if not folder.is_dir():
         raise RunNotFoundError(f"No folder {folder}. Runs live in runs/ by default; pass the folder that holds them.")
     items = run_list(folder)
@@ -57,6 +63,9 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print the summary (with by_depth and by_strategy) as JSON."),
 ) -> None:
     """Show what a run made and spent, computed from its database."""
+    from treegen.render import print_json, render_status
+    from treegen.reports import by_depth, by_strategy, run_summary
+
     with _open(run) as store:
         summary, depth, strategy = run_summary(store), by_depth(store), by_strategy(store)
     if as_json:
@@ -69,7 +78,7 @@ def export(
     run: Path = typer.Argument(..., help="Run folder (runs/<run-id>) or its treegen.db."),
     out: Optional[str] = typer.Option(None, "--output", "-o",
                                       help="File (.jsonl, .csv, .parquet), folder (Hugging Face dataset), or - for JSONL on stdout."),
-    fmt: Optional[str] = typer.Option(None, "--format", help=f"One of {', '.join(FORMATS)} (default: from the extension)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help=f"One of {', '.join(EXPORT_FORMATS)} (default: from the extension)."),
     lineage: bool = typer.Option(False, "--lineage", help="Add a _treegen object (node, parent, depth, cost...) to each row."),
     include_seeds: bool = typer.Option(False, "--include-seeds", help="Export the seeds too."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
@@ -77,6 +86,8 @@ def export(
     public: bool = typer.Option(False, "--public", help="With --push-to-hub: make the repo public (private by default)."),
 ) -> None:
     """Export the accepted examples in the unified format (question, context, options, label), with a dataset card."""
+    from treegen.export import card_path, detect_format, export_run, export_stdout, push_to_hub
+
     if out is None and hub_repo is None:
         raise OutputError("Say where to export: -o data.jsonl (or .csv, .parquet, a folder, - for stdout), "
                           "or --push-to-hub USER/NAME.")
@@ -106,6 +117,8 @@ def lineage(
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ) -> None:
     """Write the run's search tree as GraphML (for networkx, Gephi, yEd)."""
+    from treegen.lineage import export_graphml
+
     with _open(run) as store:
         n = export_graphml(store, out, include_rejected=not accepted_only, force=force)
     console.print(f"Wrote a tree of {n:,} nodes to {out}", highlight=False, markup=False)
@@ -117,6 +130,8 @@ def report(
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ) -> None:
     """Write one self-contained HTML page (no network) about one or more runs."""
+    from treegen.report_html import write_report
+
     with ExitStack() as stack:
         stores = [stack.enter_context(_open(p)) for p in run_paths]
         path = write_report(stores, out, force=force)
@@ -130,6 +145,9 @@ def prices(
     as_json: bool = typer.Option(False, "--json", help="Print the prices (micro-dollars per 1M tokens) as JSON."),
 ) -> None:
     """List the model prices used for dollar caps (dollars per 1M tokens; verify them)."""
+    from treegen.prices import find_prices_file, format_usd, load_price_table, price_for
+    from treegen.render import print_json, show, table
+
     path = find_prices_file(table_file)
     price_table = load_price_table(path)
     if model is not None:
@@ -155,6 +173,9 @@ def budgets(
     as_json: bool = typer.Option(False, "--json", help="Print the profiles as JSON."),
 ) -> None:
     """List the budget profiles usable with --budget."""
+    from treegen.profiles import list_budget_profiles, load_budget_profile, profile_description
+    from treegen.render import print_json, show, table
+
     items: list[dict[str, Any]] = []
     for name, path in sorted(list_budget_profiles().items()):
         items.append({"name": name, "caps": load_budget_profile(str(path)), "description": profile_description(path),

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
-from rich.console import Console
 
-from treegen.sim.server import SimConfig, SimServer
+from treegen.render import LazyConsole
 
-console = Console()
+console = LazyConsole()
+
+
+def __getattr__(name: str) -> Any:
+    """``SimConfig`` and ``SimServer`` on first use: the simulator (and its tokenizer) is not
+    imported by every CLI start (issue 12: start-up CPU). Tests may replace ``SimServer``."""
+    if name in ("SimConfig", "SimServer"):
+        from treegen.sim import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 sim_app = typer.Typer(help="The offline LLM simulator (everything it serves is simulated).", no_args_is_help=True)
 
@@ -19,7 +28,7 @@ sim_app = typer.Typer(help="The offline LLM simulator (everything it serves is s
 def serve_cmd(
     pool: Optional[Path] = typer.Option(None, "--pool", help="JSONL pool in the unified format to draw replies from; default: a synthetic pool."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on (0: any free port)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."),
     latency_ms: float = typer.Option(0.0, "--latency-ms", help="Added latency per request, in ms."),
     jitter_ms: float = typer.Option(0.0, "--jitter-ms", help="Uniform random extra latency, up to this many ms."),
     rpm: Optional[int] = typer.Option(None, "--rpm", help="Requests per minute; over it: 429 with Retry-After."),
@@ -49,6 +58,9 @@ def serve_cmd(
     batch_expire_rate: float = typer.Option(0.0, "--batch-expire-rate", help="Batch API: per request, chance it expires (batch_expired)."),
 ) -> None:
     """Serve simulated chat completions at http://HOST:PORT/v1 until Ctrl-C."""
+    from treegen.sim.server import SimConfig
+
+    server_cls = globals().get("SimServer") or __getattr__("SimServer")  # a test's stand-in, if set
     refused = [t.strip() for item in refuse_response_format or [] for t in item.split(",") if t.strip()]
     config = SimConfig(
         pool_path=str(pool) if pool else None, latency_ms=latency_ms, jitter_ms=jitter_ms, rpm_limit=rpm,
@@ -59,7 +71,7 @@ def serve_cmd(
         body_fault=body_fault, body_fault_rate=body_fault_rate, hang_rate=hang_rate, echo_auth=echo_auth,
         batch_delay_s=batch_delay_s, batch_fail_rate=batch_fail_rate, batch_expire_rate=batch_expire_rate,
     )
-    server = SimServer(config, host, port)  # loads the pool: SeedFileError / ConfigError exit 2
+    server = server_cls(config, host, port)  # loads the pool: SeedFileError / ConfigError exit 2
     source = f"pool {pool} ({server.simulator.pool_format})" if pool else "synthetic pools"
     console.print(f"treegen simulator listening at [bold]{server.base_url}[/] ({source})", highlight=False)
     console.print(

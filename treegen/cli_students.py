@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from treegen.render import LazyConsole
 from treegen.errors import ConfigError, RunNotFoundError, StudentError
 
-console = Console()
-err_console = Console(stderr=True)
+console = LazyConsole()
+err_console = LazyConsole(stderr=True)
 
 STUDENT_HELP = "Student: lexical, minilm-frozen or minilm-ft."
 DATA_DIR_HELP = "Benchmark dataset folder (default: $TREEGEN_DATA_DIR, else ../shared/datasets)."
@@ -44,7 +43,7 @@ def progress_printer(enabled: bool = True) -> Iterator[Callable[[int, int, str],
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err_console, transient=False) as prog:
+                      console=err_console.get(), transient=False) as prog:
             tasks: dict[str, Any] = {}
 
             def draw(done: int, total: int, what: str) -> None:
@@ -80,9 +79,9 @@ def progress_printer(enabled: bool = True) -> Iterator[Callable[[int, int, str],
 # ---------------------------------------------------------------- output helpers
 
 
-def _table(title: str, columns: list[str], right: tuple[str, ...] = ()) -> Table:
+def _table(title: str, columns: list[str], right: tuple[str, ...] = ()) -> Any:
     """A table whose cells fold instead of being cut, however narrow the output."""
-    table = Table(title=title)
+    table = _rich_table()(title=title)
     for col in columns:
         table.add_column(col, justify="right" if col in right else "left", overflow="fold")
     return table
@@ -218,7 +217,7 @@ def train_cmd(
 # ---------------------------------------------------------------- eval
 
 
-def _results_table(rows: list[dict], title: str) -> Table:
+def _results_table(rows: list[dict], title: str) -> Any:
     table = _table(title, ["source", "student", "seed", "dataset", "role", "split", "accuracy", "majority", "n",
                            "seconds", "data"], right=("seed", "accuracy", "majority", "n", "seconds"))
     for r in rows:
@@ -335,3 +334,10 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
     app.command("eval")(eval_cmd)
     app.command("compare")(compare_cmd)
+
+
+def _rich_table() -> Any:
+    """rich's Table class, imported when a table is drawn (not at every CLI start)."""
+    from rich.table import Table
+
+    return Table

@@ -8,18 +8,17 @@ and recorded as its own row, so retries (exponential backoff with jitter, honour
 from __future__ import annotations
 
 import asyncio
+import json
 import random
-import time
-from dataclasses import dataclass
-from typing import Any
-
 import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-
-import openai
-
 from treegen.errors import BackendError
+
+if TYPE_CHECKING:
+    import openai
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 SIM_FINGERPRINT = "treegen-sim"
@@ -98,8 +97,12 @@ def _retry_after(headers: Any) -> float | None:
 class ChatClient:
     def __init__(self, base_url: str | None, api_key: str | None, model: str, timeout: float = 60.0,
                  http_client: Any = None):
+        import httpx2  # the openai SDK's transport; imported with it, on first use (start-up)
+        import openai
+
         self.model = model
         self.base_url = base_url or OPENAI_BASE_URL
+        self._raw_response = httpx2.Response
         self._client = openai.AsyncOpenAI(
             base_url=self.base_url,
             api_key=api_key or "not-needed",
@@ -122,22 +125,29 @@ class ChatClient:
         timeout: float,
         response_format: dict[str, Any] | None = None,
     ) -> ChatReply:
-        params: dict[str, Any] = {"model": self.model, "messages": messages, "timeout": timeout}
+        import openai
+
+        body: dict[str, Any] = {"model": self.model, "messages": messages}
         if uses_max_completion_tokens(self.model, self.base_url):
-            params["max_completion_tokens"] = max_tokens
+            body["max_completion_tokens"] = max_tokens
         else:
-            params["max_tokens"] = max_tokens
+            body["max_tokens"] = max_tokens
         if temperature is not None:
-            params["temperature"] = temperature
+            body["temperature"] = temperature
         if top_p is not None:
-            params["top_p"] = top_p
+            body["top_p"] = top_p
         if seed is not None:
-            params["seed"] = seed
+            body["seed"] = seed
         if response_format is not None:
-            # extra_body: the SDK would drop keys its types do not know (llama.cpp's "schema").
-            params["extra_body"] = {"response_format": response_format}
+            # Sent as given: the SDK's typed path would drop keys it does not know (llama.cpp's "schema").
+            body["response_format"] = response_format
         try:
-            raw = await self._client.chat.completions.with_raw_response.create(**params)
+            # The SDK's own request path (auth, headers, timeouts, its exception types), with a
+            # plain JSON body: the typed ``chat.completions.create`` re-walks every message
+            # against its TypedDicts and builds pydantic models of the reply, about a third of
+            # the client's CPU per call on loopback. The body is parsed once, below, with json.
+            raw = await self._client.post("/chat/completions", cast_to=self._raw_response, body=body,
+                                          options={"timeout": timeout})
         except openai.APITimeoutError as exc:
             raise AttemptFailure("timeout", f"no answer within {timeout:g} s") from exc
         except openai.APIConnectionError as exc:
@@ -149,31 +159,45 @@ class ChatClient:
             raise AttemptFailure("connection", f"the connection to {self.base_url} broke: {exc}") from exc
         except openai.APIStatusError as exc:
             raise _status_failure(exc, self.base_url, self.model) from exc
-        request_id = raw.headers.get("x-request-id")
-        try:
-            completion = raw.parse()
-            if isinstance(completion, (str, bytes)) or not hasattr(completion, "choices"):
-                raise ValueError("not a chat completion")
-        except Exception as exc:  # noqa: BLE001 - any body that is not a chat completion
-            raise AttemptFailure("bad-body", _bad_body_message(self.base_url, raw), raw.status_code, None,
-                                 request_id) from exc
-        if not completion.choices:
-            raise AttemptFailure("server", "the server answered with no choices", raw.status_code, None, request_id)
-        choice = completion.choices[0]
-        usage = completion.usage
-        cached = 0
-        if usage is not None and getattr(usage, "prompt_tokens_details", None) is not None:
-            cached = usage.prompt_tokens_details.cached_tokens or 0
-        return ChatReply(
-            text=choice.message.content or "",
-            finish_reason=choice.finish_reason,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            cached_tokens=cached,
-            request_id=request_id,
-            model=completion.model,
-            system_fingerprint=getattr(completion, "system_fingerprint", None),
-        )
+        return parse_completion(raw.content, raw.status_code, raw.headers.get("x-request-id"), self.base_url)
+
+
+def parse_completion(content: bytes, status_code: int, request_id: str | None, base_url: str) -> ChatReply:
+    """A chat completion's JSON body as a ChatReply; AttemptFailure("bad-body") when it is not one."""
+    try:
+        completion = json.loads(content)
+        if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
+            raise ValueError("not a chat completion")
+        choices = completion["choices"]
+        if not choices:
+            raise AttemptFailure("server", "the server answered with no choices", status_code, None, request_id)
+        choice = choices[0]
+        message = choice.get("message") or {}
+        usage = completion.get("usage")
+        if usage is not None and not isinstance(usage, dict):
+            raise ValueError("usage is not an object")
+        text = message.get("content") or ""
+        if not isinstance(text, str):
+            raise ValueError("content is not a string")
+    except AttemptFailure:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any body that is not a chat completion
+        raise AttemptFailure("bad-body", _bad_body_text(base_url, content), status_code, None, request_id) from exc
+    details = (usage or {}).get("prompt_tokens_details") or {}
+    return ChatReply(
+        text=text,
+        finish_reason=choice.get("finish_reason"),
+        prompt_tokens=_int_or_none(usage.get("prompt_tokens")) if usage else None,
+        completion_tokens=_int_or_none(usage.get("completion_tokens")) if usage else None,
+        cached_tokens=_int_or_none(details.get("cached_tokens") if isinstance(details, dict) else None) or 0,
+        request_id=request_id,
+        model=completion.get("model"),
+        system_fingerprint=completion.get("system_fingerprint"),
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def port_accepts(base_url: str, timeout: float = 2.0) -> bool:
@@ -187,11 +211,8 @@ def port_accepts(base_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _bad_body_message(base_url: str, raw: Any) -> str:
-    try:
-        body = raw.http_response.text
-    except Exception:  # noqa: BLE001
-        body = ""
+def _bad_body_text(base_url: str, content: bytes) -> str:
+    body = content.decode("utf-8", "replace") if isinstance(content, (bytes, bytearray)) else str(content or "")
     head = body.lstrip()[:120].replace("\n", " ")
     kind = "HTML" if head.lower().startswith(("<!doctype", "<html")) else ("an empty body" if not head else "text")
     what = kind if kind != "text" else f"text ({head!r})"

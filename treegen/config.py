@@ -44,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "near_dup": None,
     "structured": "auto",
     "expand_retries": 2,
+    "batch": False,
+    "batch_wave": 50,
 }
 
 
@@ -105,6 +107,8 @@ class RunConfig:
     structured: str = DEFAULTS["structured"]
     structured_dialect: str | None = None  # what the server was found to accept (auto)
     expand_retries: int = DEFAULTS["expand_retries"]
+    batch: bool = DEFAULTS["batch"]  # send requests as OpenAI Batch jobs, at Batch prices
+    batch_wave: int = DEFAULTS["batch_wave"]  # chain strategies: requests per Batch job
     task_description: str | None = None
     caps: Caps = field(default_factory=Caps)
     price: ModelPrice | None = None
@@ -172,6 +176,9 @@ def validate_config(cfg: RunConfig) -> None:
     _check(cfg.branching >= 1, f"--branching must be at least 1 (got {cfg.branching}).")
     _check(cfg.chains >= 1, f"--chains must be at least 1 (got {cfg.chains}).")
     _check(cfg.max_retries >= 0, f"--max-retries must be 0 or more (got {cfg.max_retries}).")
+    _check(cfg.batch_wave >= 1, f"--batch-wave must be at least 1 (got {cfg.batch_wave}).")
+    _check(not (cfg.batch and cfg.backend == "local"),
+           "--batch needs a server with the OpenAI Batch API (OpenAI, or the simulator); the local model has none.")
     _check(cfg.expand_retries >= 0, f"--expand-retries must be 0 or more (got {cfg.expand_retries}).")
     _check(cfg.timeout > 0, f"--timeout is seconds to wait for one reply and must be above 0 (got {cfg.timeout:g}).")
     _check(cfg.rpm is None or cfg.rpm >= 1, f"--rpm must be at least 1 request per minute (got {cfg.rpm}); omit it for no limit.")
@@ -360,7 +367,8 @@ def from_options(task_format: str, options: dict[str, Any], api_key: str | None 
         max_output_tokens=pick("max_output_tokens"), concurrency=pick("concurrency"), rpm=pick("rpm"),
         tpm=pick("tpm"), timeout=float(pick("timeout")), max_retries=pick("max_retries"), seed=pick("seed"),
         branching=pick("branching"), chains=pick("chains"), embedder=pick("embedder"), near_dup=pick("near_dup"),
-        structured=pick("structured"), expand_retries=pick("expand_retries"),
+        structured=pick("structured"), expand_retries=pick("expand_retries"), batch=bool(pick("batch")),
+        batch_wave=pick("batch_wave"),
         task_description=options.get("task_description"), caps=caps, price=price, sim=sim, local=local,
         seeds_source=options.get("seeds_source"), seeds_from=options.get("seeds_from"),
     )

@@ -27,9 +27,10 @@ import math
 import random
 import time
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 import numpy as np
 
@@ -111,6 +112,7 @@ class _Request:
     reserved_prompt: int
     max_tokens: int
     reservation: Reservation
+    seq: int = 0  # the request's number in the run: its seed, and its turn in the reorder buffer
 
 
 class Engine:
@@ -142,7 +144,10 @@ class Engine:
         self.max_depth_seen = store.max_accepted_depth()
         self.prompt_ratio = 1.0  # server-counted / locally-counted prompt tokens, highest seen
         self.ratio_known = self._openai_tokenizer()
-        self.request_counts = store.request_counts()
+        self._seq = store.count_requests()  # requests made by earlier sessions
+        self._next_turn = self._seq
+        self._turns: asyncio.Condition | None = None
+        self._task_error: BaseException | None = None
         self.stop_reason: str | None = None
         self.stop_status: str | None = None
         self.fatal: str | None = None
@@ -154,7 +159,6 @@ class Engine:
         self._call_times: list[float] = []
         self._embedder: Any = None
         self._index: Any = None
-        self._accept_lock: asyncio.Lock | None = None
         self._settled: asyncio.Event | None = None
         self._stopped: asyncio.Event | None = None
         self._client: ChatClient | None = None
@@ -188,24 +192,55 @@ class Engine:
 
     # ---- restore ----------------------------------------------------------------------
     def _restore_strategy(self, needs_index: bool) -> None:
+        if needs_index:
+            from treegen.neardup import NearDuplicateIndex
+
+            self._index = NearDuplicateIndex(self._get_embedder().dim,
+                                             self.cfg.near_dup if self.cfg.near_dup is not None else 1.0)
+            known = [node_example(r) for r in self.store.nodes()]
+            if known:
+                self._index.add(self._embed(known))
+        self._recover_unjudged()
         infos = [
             NodeInfo(r["id"], r["depth"], r["root_id"], node_example(r), r["expanded"] or 0, r["novelty"])
             for r in self.store.nodes()
         ]
         seeds = [n for n in infos if n.depth == 0]
         nodes = [n for n in infos if n.depth > 0]
-        if needs_index:
-            from treegen.neardup import NearDuplicateIndex
-
-            self._index = NearDuplicateIndex(self._get_embedder().dim,
-                                             self.cfg.near_dup if self.cfg.near_dup is not None else 1.0)
-            if infos:
-                self._index.add(self._embed([n.example for n in infos]))
         history = self.store.call_history()
         if history or nodes:
             self.strategy.restore(seeds, nodes, history)
         else:
             self.strategy.start(seeds)
+
+    def _recover_unjudged(self) -> None:
+        """Replies persisted by a session that died before deciding their candidates: they were
+        paid for, so they are judged now, in the order they were made."""
+        by_id = {r["id"]: r for r in self.store.nodes()}
+        for call in self.store.unjudged_calls():
+            parent_ids = json.loads(call["parent_node_ids"] or "[]")
+            parents = [by_id[i] for i in parent_ids if i in by_id]
+            if not parents:
+                continue
+            job = Job([NodeInfo(p["id"], p["depth"], p["root_id"], node_example(p), p["expanded"] or 0, p["novelty"])
+                       for p in parents], depth=call["depth"], chain=call["chain"])
+            text = call["response_text"] or ""
+            screened = acceptance.screen(parse_reply(text), self.fmt, self.seen_keys)
+            alive = [i for i, sc in enumerate(screened) if sc.reason is None]
+            vectors = self._embed([screened[i].example for i in alive]) if self._index is not None and alive else None  # type: ignore[misc]
+            sims: dict[int, float] = {}
+            if vectors is not None and self._index is not None:
+                base = self._index.max_similarity(vectors) if len(self._index) else np.full(len(alive), -1.0)
+                for n, i in enumerate(alive):
+                    within = max((float(vectors[n] @ vectors[m]) for m in range(n)), default=-1.0)
+                    sims[i] = max(float(base[n]), within)
+            open_slots = None if self.cfg.caps.target is None else self.cfg.caps.target - self.ledger.accepted
+            decisions = acceptance.judge(screened, sims, acceptance.JudgeContext(
+                open_slots, self.cfg.near_dup, int(call["cost_micro"] or 0)))
+            vec_of = {i: vectors[j] for j, i in enumerate(alive)} if vectors is not None else {}
+            self._persist_nodes(job, call["id"], text, int(call["cost_micro"] or 0), decisions, vec_of)
+            for r in self.store.nodes():
+                by_id.setdefault(r["id"], r)
 
     # ---- progress ---------------------------------------------------------------------
     def progress(self) -> Progress:
@@ -248,8 +283,9 @@ class Engine:
         return "json_schema" if self.cfg.structured == "auto" else self.cfg.structured
 
     def _prompt(self, job: Job) -> tuple[list[dict[str, str]], int, int, int]:
-        open_examples = self.ledger.examples_open()
-        k = self.cfg.k if open_examples is None else max(1, min(self.cfg.k, open_examples))
+        # k does not shrink near the target: what is asked must not depend on what is in flight
+        # (that would tie the run to --concurrency); the few extra examples are over-target.
+        k = self.cfg.k
         messages = build_messages([p.example for p in job.parents], self.fmt, k, self.cfg.task_description,
                                   structured=self.dialect != "off")
         prompt_tokens = count_messages(messages, self.cfg.model)
@@ -274,16 +310,26 @@ class Engine:
         return self.ledger.reserve(micro, reserved_prompt + max_tokens, examples=k), max_tokens
 
     async def _next_request(self, job: Job) -> _Request | None:
-        """Reserve for ``job``; while requests in flight hold reservations, wait for them to settle
-        before concluding that a cap is reached. None when the run stops."""
+        """A request for ``job`` with its reservation, or None when the run stops."""
+        messages, k, local_prompt, reserved_prompt = self._prompt(job)
+        got = await self._reserve_waiting(reserved_prompt, k, own_task=False)
+        if got is None:
+            return None
+        return _Request(job, messages, k, local_prompt, reserved_prompt, got[1], got[0])
+
+    async def _reserve_waiting(self, reserved_prompt: int, k: int, own_task: bool) -> tuple[Reservation, int] | None:
+        """Reserve; while other requests in flight hold reservations, wait for them to settle
+        before concluding that a cap is reached (they usually settle far below). None when the
+        run stops. ``own_task``: called from a request in flight (a retry)."""
         assert self._settled is not None
         while True:
-            messages, k, local_prompt, reserved_prompt = self._prompt(job)
             try:
-                reservation, max_tokens = self._reserve(reserved_prompt, k)
-                return _Request(job, messages, k, local_prompt, reserved_prompt, max_tokens, reservation)
+                return self._reserve(reserved_prompt, k)
             except BudgetReached as exc:
-                if not self.in_flight or exc.final:
+                # Only reservations held by others can free room; requests that already settled
+                # (waiting for their turn in the reorder buffer) cannot.
+                held = self.ledger.held_micro > 0 or self.ledger.held_tokens > 0
+                if not held or exc.final:
                     self._stop(RunStatus.COMPLETED if exc.reason.startswith("target") else RunStatus.BUDGET,
                                exc.reason)
                     return None
@@ -297,11 +343,7 @@ class Engine:
 
     async def _run_job(self, req: _Request) -> None:
         job = req.job
-        parent_ids = [p.id for p in job.parents]
-        key = tuple(parent_ids)
-        n_before = self.request_counts.get(key, 0)
-        self.request_counts[key] = n_before + 1
-        request_seed = stable_seed(self.cfg.seed, *parent_ids, n_before)
+        request_seed = stable_seed(self.cfg.seed, req.seq)  # the run seed and the request's number
         request_key = uuid.uuid4().hex
         rng = random.Random(request_seed)
         attempt = 0
@@ -311,17 +353,16 @@ class Engine:
             while True:
                 attempt += 1
                 if reservation is None:
-                    try:
-                        reservation, req.max_tokens = self._reserve(req.reserved_prompt, req.k)
-                    except BudgetReached as exc:
-                        self._stop(RunStatus.BUDGET, exc.reason)
-                        self._finish_job(job, [], None)
+                    got = await self._reserve_waiting(req.reserved_prompt, req.k, own_task=True)
+                    if got is None:
+                        await self._finish_job(req, [], None)
                         return
+                    reservation, req.max_tokens = got
                 if not await self._wait_turn(reservation.tokens):
                     # The run stopped while this request waited for the rate limiter: never sent.
                     self.ledger.release(reservation)
                     reservation = None
-                    self._finish_job(job, [], None)
+                    await self._finish_job(req, [], None)
                     return
                 call_id = self._insert_pending(req, request_key, attempt, reservation, request_seed)
                 started = time.monotonic()
@@ -338,7 +379,7 @@ class Engine:
                     await asyncio.wait_for(self._stopped.wait(), float(outcome))
                 except asyncio.TimeoutError:
                     continue
-                self._finish_job(job, [], call_id, expanded=False)
+                await self._finish_job(req, [], call_id, expanded=False)
                 return
         except asyncio.CancelledError:
             # Abandoned (time cap, second Ctrl-C): a request on the wire may be billed, so its
@@ -368,35 +409,33 @@ class Engine:
         except AttemptFailure as failure:
             duration = int((time.monotonic() - started) * 1000)
             self._record_failure(call_id, failure, duration, reservation)
-            return self._after_failure(req, failure, attempt, rng, call_id)
+            return await self._after_failure(req, failure, attempt, rng, call_id)
         duration = int((time.monotonic() - started) * 1000)
-        children = await self._accept_reply(req, call_id, reply, duration, reservation)
+        await self._accept_reply(req, call_id, reply, duration, reservation)
         if self.cfg.structured == "auto" and self.cfg.structured_dialect != self.dialect:
             self.cfg.structured_dialect = self.dialect  # what worked is kept for the rest of the run
             self.store.save_config(self.cfg.to_json())
-        self._finish_job(req.job, children, call_id, expanded=False)  # counted with the reply
         return "done"
 
-    def _after_failure(self, req: _Request, failure: AttemptFailure, attempt: int, rng: random.Random,
-                       call_id: int) -> str | float:
+    async def _after_failure(self, req: _Request, failure: AttemptFailure, attempt: int, rng: random.Random,
+                             call_id: int) -> str | float:
         self.last_error = redact(failure.message, self._secrets())
         if self._dialect_refused(failure):
             return "retry-now"
         if not failure.retryable or (failure.fatal_after_retries and attempt > min(self.cfg.max_retries, 3)):
             self.fatal = self.last_error
             self._stop(RunStatus.FAILED, self.last_error)
-            self._finish_job(req.job, [], None)
+            await self._finish_job(req, [], None)
             return "done"
         if failure.kind == "rate-limit":
             self.limiter.pause(failure.retry_after or backoff_seconds(attempt, rng))
         if attempt > self.cfg.max_retries or self.stop_reason is not None or self.ledger.stop_reason():
             # Given up after every retry: counted as expanded, so one poisoned node cannot eat
             # the budget. Stopped by the run: a resume asks it again.
-            self._finish_job(req.job, [], call_id, expanded=attempt > self.cfg.max_retries)
+            await self._finish_job(req, [], call_id, expanded=attempt > self.cfg.max_retries)
             return "done"
         cap = 2.0 if failure.fatal_after_retries else 30.0
         return backoff_seconds(attempt, rng, cap=cap, retry_after=failure.retry_after)
-
     def _dialect_refused(self, failure: AttemptFailure) -> bool:
         """A 400/422 about ``response_format`` under --structured auto: try the next dialect."""
         if self.cfg.structured != "auto" or self.dialect == "off" or failure.http_status not in (400, 422):
@@ -460,38 +499,64 @@ class Engine:
         self._notify_settled()
 
     async def _accept_reply(self, req: _Request, call_id: int, reply: ChatReply, duration: int,
-                            reservation: Reservation) -> list[NodeInfo]:
-        """Persist the reply with every candidate's decision, then count it."""
+                            reservation: Reservation) -> None:
+        """Persist the paid reply and count its money at once; decide its candidates in request
+        order (the reorder buffer), so a run's decisions do not depend on reply timing."""
         usage = reconcile_usage(self.price, reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens,
                                 reply.text, self.cfg.model, reservation.tokens - req.max_tokens, req.max_tokens,
                                 req.local_prompt)
         if reply.prompt_tokens is not None:
             self.prompt_ratio = max(self.prompt_ratio, reply.prompt_tokens / max(1, req.local_prompt))
             self.ratio_known = True
-        screened = acceptance.screen(parse_reply(reply.text), self.fmt, self.seen_keys)
-        vectors = None
+        text = reply.text.encode("utf-8", "replace").decode("utf-8")  # no lone surrogates in SQLite
+        newly_simulated = reply.simulated and not self.simulated
+        self.store.update_call(call_id, {
+            "simulated": int(reply.simulated or self.simulated),
+            "status": CallStatus.ANOMALY if usage.anomaly else CallStatus.OK,
+            "error": usage.anomaly, "finish_reason": reply.finish_reason, "request_id": reply.request_id,
+            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "cached_tokens": reply.cached_tokens, "cost_micro": usage.cost_micro, "duration_ms": duration,
+            "response_text": text,
+        })
+        if newly_simulated:
+            self.store.mark_simulated()  # a simulator served over --base-url: simulated all the same
+        self.simulated = self.simulated or reply.simulated
+        # Persisted: now count its money.
+        self.ledger.settle(reservation, usage.cost_micro, usage.prompt_tokens + usage.completion_tokens)
+        self._notify_settled()
+        if usage.anomaly:
+            self.fatal = f"usage anomaly from the server at {self.base_url}: {usage.anomaly}"
+            self._stop(RunStatus.FAILED, self.fatal)
+        screened = acceptance.screen(parse_reply(text), self.fmt, self.seen_keys)
         alive = [i for i, s in enumerate(screened) if s.reason is None]
+        vectors = None
         if self._index is not None and alive:
             vectors = await self._embed_async([screened[i].example for i in alive])  # type: ignore[misc]
-        assert self._accept_lock is not None
-        async with self._accept_lock:  # decisions see every earlier acceptance, in order
-            screened = acceptance.screen([s.candidate for s in screened], self.fmt, self.seen_keys)
-            sims = await self._similarities(screened, alive, vectors)
-            open_slots = None if self.cfg.caps.target is None else self.cfg.caps.target - self.ledger.accepted
-            decisions = acceptance.judge(screened, sims, acceptance.JudgeContext(open_slots, self.cfg.near_dup,
-                                                                                 usage.cost_micro))
-            return self._persist_reply(req, call_id, reply, duration, reservation, usage, decisions,
-                                       {i: vectors[j] for j, i in enumerate(alive)} if vectors is not None else {})
+        async with self._in_turn(req.seq):
+            children = await self._judge(req.job, call_id, text, usage.cost_micro, screened, alive, vectors)
+            self._finish_in_turn(req, children, call_id, expanded=False)  # expansion counted with the nodes
+
+    async def _judge(self, job: Job, call_id: int, text: str, cost_micro: int,
+                     screened: list[acceptance.Screened], alive: list[int], vectors: np.ndarray | None
+                     ) -> list[NodeInfo]:
+        """Decide a reply's candidates against everything accepted before it, and record them."""
+        # Exact duplicates again: earlier requests may have accepted the same text meanwhile.
+        screened = acceptance.screen([s.candidate for s in screened], self.fmt, self.seen_keys)
+        sims = await self._similarities(screened, alive, vectors)
+        open_slots = None if self.cfg.caps.target is None else self.cfg.caps.target - self.ledger.accepted
+        decisions = acceptance.judge(screened, sims, acceptance.JudgeContext(open_slots, self.cfg.near_dup, cost_micro))
+        vec_of = {i: vectors[j] for j, i in enumerate(alive)} if vectors is not None else {}
+        return self._persist_nodes(job, call_id, text, cost_micro, decisions, vec_of)
 
     async def _similarities(self, screened: Sequence[acceptance.Screened], alive: list[int],
-                      vectors: np.ndarray | None) -> dict[int, float]:
+                            vectors: np.ndarray | None) -> dict[int, float]:
         """Highest cosine of each surviving candidate to what was accepted before it."""
         if vectors is None or self._index is None:
             return {}
         now_alive = [i for i in alive if screened[i].reason is None]
         pos = {i: j for j, i in enumerate(alive)}
         # The scan grows with the run (about 70 ms at 100k accepted): off the event loop. Adds
-        # happen under the same lock, so the index is never used from two threads at once.
+        # happen in turn too, so the index is never used from two threads at once.
         base = (await asyncio.to_thread(self._index.max_similarity, vectors) if len(self._index)
                 else np.full(len(alive), -1.0))
         out: dict[int, float] = {}
@@ -500,10 +565,8 @@ class Engine:
             out[i] = max(float(base[pos[i]]), within)
         return out
 
-    def _persist_reply(self, req: _Request, call_id: int, reply: ChatReply, duration: int,
-                       reservation: Reservation, usage: Any, decisions: list[acceptance.Decision],
-                       vec_of: dict[int, np.ndarray]) -> list[NodeInfo]:
-        job = req.job
+    def _persist_nodes(self, job: Job, call_id: int, text: str, cost_micro: int,
+                       decisions: list[acceptance.Decision], vec_of: dict[int, np.ndarray]) -> list[NodeInfo]:
         parent = job.parents[0]
         rows = [
             node_row(d.example, parent_id=parent.id, root_id=parent.root_id, depth=job.depth, call_id=call_id,
@@ -514,22 +577,12 @@ class Engine:
         if not decisions:
             rows.append(node_row(None, parent_id=parent.id, root_id=parent.root_id, depth=job.depth, call_id=call_id,
                                  strategy=self.cfg.strategy, status=NodeStatus.REJECTED,
-                                 reason=acceptance.NO_EXAMPLES, raw=reply.text[:20000], cost_share=usage.cost_micro))
+                                 reason=acceptance.NO_EXAMPLES, raw=text[:20000], cost_share=cost_micro))
         n_accepted = sum(d.accepted for d in decisions)
-        newly_simulated = reply.simulated and not self.simulated
-        ids = self.store.record_reply(call_id, {
-            "simulated": int(reply.simulated or self.simulated),
-            "status": CallStatus.ANOMALY if usage.anomaly else CallStatus.OK,
-            "error": usage.anomaly, "finish_reason": reply.finish_reason, "request_id": reply.request_id,
-            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "cached_tokens": reply.cached_tokens, "cost_micro": usage.cost_micro, "duration_ms": duration,
-            "response_text": reply.text, "n_parsed": len(decisions), "n_accepted": n_accepted,
-        }, rows, [p.id for p in job.parents], mark_simulated=newly_simulated)
-        # Persisted: now count it.
-        self.simulated = self.simulated or reply.simulated
-        self.ledger.settle(reservation, usage.cost_micro, usage.prompt_tokens + usage.completion_tokens,
-                           accepted=n_accepted)
-        self._notify_settled()
+        ids = self.store.record_reply(call_id, {"n_parsed": len(decisions), "n_accepted": n_accepted},
+                                      rows, [p.id for p in job.parents])
+        # Persisted: now count the examples.
+        self.ledger.accepted += n_accepted
         self.rejected += len(rows) - n_accepted
         infos: list[NodeInfo] = []
         accepted_vecs = []
@@ -543,17 +596,33 @@ class Engine:
             self._index.add(np.vstack(accepted_vecs))
         if n_accepted:
             self.max_depth_seen = max(self.max_depth_seen, job.depth)
-        if usage.anomaly:
-            self.fatal = f"usage anomaly from the server at {self.base_url}: {usage.anomaly}"
-            self._stop(RunStatus.FAILED, self.fatal)
         return infos
 
-    def _finish_job(self, job: Job, children: list[NodeInfo], call_id: int | None, expanded: bool = True) -> None:
-        """The request is over (reply, or given up): the parents count as expanded once,
-        unless nothing was ever sent for it (a resumed run asks it again)."""
+    @asynccontextmanager
+    async def _in_turn(self, seq: int) -> AsyncIterator[None]:
+        """The reorder buffer: results are handled in the order their requests were made."""
+        assert self._turns is not None
+        async with self._turns:
+            await self._turns.wait_for(lambda: self._next_turn >= seq)
+        try:
+            yield
+        finally:
+            async with self._turns:
+                self._next_turn = max(self._next_turn, seq + 1)
+                self._turns.notify_all()
+
+    async def _finish_job(self, req: _Request, children: list[NodeInfo], call_id: int | None,
+                          expanded: bool = True) -> None:
+        """The request is over (given up, stopped, failed): tell the strategy, in turn."""
+        async with self._in_turn(req.seq):
+            self._finish_in_turn(req, children, call_id, expanded)
+
+    def _finish_in_turn(self, req: _Request, children: list[NodeInfo], call_id: int | None, expanded: bool) -> None:
+        """The parents count as expanded once, unless nothing was ever sent for the request (a
+        resumed run asks it again)."""
         if expanded and call_id is not None:
-            self.store.mark_expanded([p.id for p in job.parents])
-        self.strategy.on_result(job, children, call_id)
+            self.store.mark_expanded([p.id for p in req.job.parents])
+        self.strategy.on_result(req.job, children, call_id)
         self._notify_settled()
         self._report()
 
@@ -584,13 +653,15 @@ class Engine:
                                   timeout=self.cfg.timeout, http_client=self.http_client)
         self._stopped = asyncio.Event()
         self._settled = asyncio.Event()
-        self._accept_lock = asyncio.Lock()
+        self._turns = asyncio.Condition()
         self.store.mark_lost_calls()
         self.store.set_status(RunStatus.RUNNING, None)
         try:
             await self._loop()
         finally:
             await self._client.aclose()
+        if self._task_error is not None:
+            raise self._task_error
         return self._finalise()
 
     async def _loop(self) -> None:
@@ -626,10 +697,23 @@ class Engine:
         if req is None:
             self.strategy.on_result(job, [], None)
             return False
+        req.seq = self._seq
+        self._seq += 1
         task = asyncio.create_task(self._run_job(req))
         self.in_flight.add(task)
-        task.add_done_callback(self.in_flight.discard)
+        task.add_done_callback(self._task_done)
         return True
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        """A request task that died of an error (a full disk, a bug) stops the run; the error is
+        raised from ``run`` once everything in flight has settled."""
+        self.in_flight.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self._task_error is None:
+            self._task_error = exc
+            self._stop(RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
 
     def _tick(self) -> float:
         """How long to wait for a request before checking the caps again."""

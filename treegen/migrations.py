@@ -176,5 +176,32 @@ def m004_requests_views(db: sqlite_utils.Database) -> None:
         from calls group by status order by calls desc""")
 
 
+
+@migrations()
+def m005_batches(db: sqlite_utils.Database) -> None:
+    # Batch mode (treegen.batching): one row per Batch job sent to the provider, and on each
+    # call the wave it was sent in and its custom_id in the batch's input file.
+    db.table("batches").create(
+        {
+            "id": int,
+            "wave": int,  # the run's wave number (1, 2, ...); the provider's metadata says treegen_wave
+            "provider_batch_id": str,
+            "input_file_id": str,
+            "output_file_id": str,
+            "error_file_id": str,
+            "status": str,  # the provider's: validating | in_progress | finalizing | completed | ...
+            "requests": int,
+            "completed": int,
+            "failed": int,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+    )
+    db.table("batches").create_index(["wave"])
+    db.table("calls").add_column("batch_wave", int)
+    db.table("calls").add_column("custom_id", str)
+    db.table("calls").create_index(["batch_wave"])
+
 def apply(db: sqlite_utils.Database) -> None:
     migrations.apply(db)

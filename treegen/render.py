@@ -12,17 +12,34 @@ import json
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import click
-from rich.console import Console, Group, RenderableType
-from rich.panel import Panel
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
-
 from treegen.budget import Caps
 from treegen.prices import format_usd
 
 if TYPE_CHECKING:  # the engine pulls in the OpenAI client (about 1 s): not needed to draw
+    from rich.console import Console, RenderableType
+
     from treegen.engine import Progress
+
+# rich is imported by the functions that draw, when they draw: importing this module (every
+# CLI command does, for its consoles) costs no rich import (issue 12: start-up CPU).
+
+
+class LazyConsole:
+    """A rich Console made on first use: module-level consoles cost nothing at import."""
+
+    def __init__(self, **kwargs: Any):
+        self._kwargs = kwargs
+        self._console: Any = None
+
+    def get(self) -> "Console":
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._kwargs)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
 
 # Below this many columns of text per table column, a grid folds most cells into slivers:
 # the plain layout reads better.
@@ -72,6 +89,9 @@ def table(
     separated by a blank line; a table without header (``show_header=False``) is read as
     key/value pairs and printed "key: value". Every text is literal (no rich markup).
     """
+    from rich.table import Table
+    from rich.text import Text
+
     rows = [["" if v is None else str(v) for v in r] for r in rows]
     right = set(right)
     if plain_layout(console, len(columns)):
@@ -99,6 +119,8 @@ def table(
 def show(console: Console, *parts: RenderableType) -> None:
     """Print renderables; plain text is printed unwrapped (soft wrap), so a long "key: value"
     line stays one line in a pipe and the terminal, not rich, wraps it on screen."""
+    from rich.text import Text
+
     for part in parts:
         if isinstance(part, Text):
             console.print(part, soft_wrap=True)
@@ -107,6 +129,9 @@ def show(console: Console, *parts: RenderableType) -> None:
 
 
 def simulated_banner(console: Console) -> RenderableType:
+    from rich.panel import Panel
+    from rich.text import Text
+
     note = "no model was called: texts and dollars come from the simulator"
     if plain_layout(console):
         return Text(f"*** SIMULATED RUN *** {note}\n", style="bold red")
@@ -126,6 +151,8 @@ def _cap_text(key: str, value: Any, simulated: bool, model: str | None) -> str:
 def render_status(summary: dict[str, Any], by_depth: list[dict[str, Any]], by_strategy: list[dict[str, Any]],
                   console: Console) -> None:
     """Print a run's status (``treegen.reports.run_summary`` and its breakdowns)."""
+    from rich.text import Text
+
     s = summary
     sim, model = s["simulated"], s["model"]
 
@@ -192,6 +219,11 @@ def _fraction(done: float, total: float | None) -> float | None:
 
 def render_progress(p: Progress) -> RenderableType:
     """The live panel of a working run (rich renderable; bars are rich ProgressBars)."""
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
     title = "treegen run" + (" (SIMULATED)" if p.simulated else "")
     grid = Table(title=title, show_header=False, box=None, padding=(0, 2))
     grid.add_column(overflow="fold")

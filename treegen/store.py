@@ -440,6 +440,15 @@ class RunStore:
             for r in self._rows("select parent_node_ids, count(distinct request_key) as n from calls group by parent_node_ids")
         }
 
+    def count_requests(self) -> int:
+        """Logical requests made so far (every attempt of one request shares its request_key)."""
+        return int(self._one("select count(distinct request_key) from calls") or 0)
+
+    def unjudged_calls(self) -> list[dict[str, Any]]:
+        """Answered calls whose candidates were never decided (the process died in between)."""
+        return self._rows("select * from calls where status in ('ok', 'usage-anomaly') and n_parsed is null "
+                          "and response_text is not null order by id")
+
     def insert_call(self, row: dict[str, Any], messages: Sequence[dict[str, Any]] | None = None) -> int:
         """A new call row (``pending`` before it is sent) with its request, committed at once.
 
@@ -535,3 +544,54 @@ class RunStore:
         with self.transaction() as c:
             c.executemany(f"insert into {table} ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
                           [[r.get(k) for k in cols] for r in rows])
+
+    # ---- batches -----------------------------------------------------------------------
+    # Batch mode (treegen.batching): the Batch jobs of a run and their requests' call rows.
+    def insert_batch(self, row: dict[str, Any]) -> int:
+        """A Batch job the provider created (its id recorded before it is polled), committed."""
+        cols = list(row)
+        with self.transaction() as c:
+            return int(c.execute(f"insert into batches ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
+                                 [row[k] for k in cols]).lastrowid or 0)
+
+    def update_batch(self, batch_id: int, fields: dict[str, Any]) -> None:
+        cols = list(fields)
+        with self.transaction() as c:
+            c.execute(f"update batches set {', '.join(f'{k} = ?' for k in cols)} where id = ?",
+                      [fields[k] for k in cols] + [batch_id])
+
+    def batches(self) -> list[dict[str, Any]]:
+        """The run's Batch jobs, oldest first, each with its calls counted by status."""
+        if not self.has_table("batches"):
+            return []
+        rows = self._rows("select * from batches order by id")
+        counts: dict[int, dict[str, int]] = {}
+        for r in self._rows("select batch_wave, status, count(*) as n from calls where batch_wave is not null "
+                            "group by batch_wave, status"):
+            counts.setdefault(r["batch_wave"], {})[r["status"]] = r["n"]
+        for row in rows:
+            row["calls_by_status"] = counts.get(row["wave"], {})
+        return rows
+
+    def batch_for_wave(self, wave: int) -> dict[str, Any] | None:
+        rows = self._rows("select * from batches where wave = ? order by id desc limit 1", [wave])
+        return rows[0] if rows else None
+
+    def batched_calls(self) -> list[dict[str, Any]]:
+        """Calls sent (or about to be sent) in a Batch job whose reply is not recorded yet."""
+        return self._rows("select * from calls where status = ? order by id", [CallStatus.BATCHED])
+
+    def max_batch_wave(self) -> int:
+        if not self.has_table("batches"):
+            return 0
+        return int(self._one("select max(coalesce((select max(batch_wave) from calls), 0), "
+                             "coalesce((select max(wave) from batches), 0))") or 0)
+
+    def spent_by_mode(self) -> dict[str, int]:
+        """Spent micro-dollars of Batch calls and of synchronous calls (the one spent rule)."""
+        if not self.has_table("batches"):
+            return {"batch": 0, "sync": int(self._one(f"select coalesce(sum({SPENT_MICRO_SQL}), 0) from calls") or 0)}
+        row = self._rows(
+            f"select coalesce(sum(case when batch_wave is not null then {SPENT_MICRO_SQL} else 0 end), 0) as batch, "
+            f"coalesce(sum(case when batch_wave is null then {SPENT_MICRO_SQL} else 0 end), 0) as sync from calls")[0]
+        return {"batch": int(row["batch"]), "sync": int(row["sync"])}

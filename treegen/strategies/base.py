@@ -21,6 +21,9 @@ class NodeInfo:
     example: Example
     expanded: int = 0
     novelty: float | None = None
+    # The example's unit-norm embedding when the strategy asked for one (``uses_embeddings``):
+    # computed by the engine off the event loop, with the candidates' near-duplicate vectors.
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Job:
     parents: list[NodeInfo]
     depth: int
     chain: int | None = None
+    round: int = 0  # tree: 0 for a node's first tries, r for its r-th retry round
 
 
 @dataclass
@@ -39,13 +43,18 @@ class StrategyParams:
     branching: int = 1  # tree / novelty: expansion requests per node
     chains: int = 1  # random / contrastive / similar: chains walked side by side
     expand_retries: int = 2  # an expansion that gave no accepted child is tried again this often
-    # cosine similarity of one example to several (unit-norm embeddings); set by the engine
+    # Cosine similarity of one example to several, for nodes that carry no ``vector`` (a
+    # fallback that embeds synchronously; the engine gives strategies with ``uses_embeddings``
+    # nodes that carry their vectors, so it is not called on the event loop)
     similarity: Callable[[Example, Sequence[Example]], np.ndarray] | None = None
     extra: dict = field(default_factory=dict)
 
 
 class Strategy:
     name = "base"
+    # True: the strategy compares examples' embeddings, so the engine attaches a ``vector`` to
+    # every node it hands over (seeds, restored nodes and accepted children).
+    uses_embeddings = False
 
     def __init__(self, params: StrategyParams):
         self.params = params

@@ -1,11 +1,13 @@
 """Chain strategies (random, contrastive, similar): each chain shows one example, then moves
 on to one child of that request, picked by the strategy's rule. Chains start at the seeds;
-a chain whose request gave no child tries its example again; a chain at the depth cap
-starts over from its seed.
+a chain whose request gave no child tries its example again (``expand_retries`` times in a
+row at most, then the chain ends); a chain at the depth cap ends, so ``--max-depth`` bounds
+the run.
 
-Several chains walk side by side (``chains``, recorded in the run's config) so that
-requests can run concurrently. The pick is seeded by (run seed, chain, call id), so a run is
-reproducible and a resumed run picks as the original would have.
+Several chains walk side by side (``chains``, default 8, recorded in the run's config, and
+independent of ``--concurrency``); they take turns, round robin, so the order of requests is
+the same at any concurrency. The pick is seeded by (run seed, chain, step of that chain), so a
+run is reproducible and a resumed run picks as the original would have.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class _Chain(Strategy):
         self.busy: set[int] = set()
         self.failures: list[int] = []  # expansions in a row that gave no child, per chain
         self.ended: set[int] = set()  # chains that reached max depth or used their retries
+        self.steps: list[int] = []  # moves of each chain so far: seeds its picks
+        self._last = -1  # the chain asked last: turns go round robin
 
     def start(self, seeds):
         super().start(seeds)
@@ -33,6 +37,8 @@ class _Chain(Strategy):
         self.busy = set()
         self.failures = [0] * n
         self.ended = set()
+        self.steps = [0] * n
+        self._last = -1
 
     def restore(self, seeds, nodes, history):
         self.start(seeds)
@@ -47,7 +53,10 @@ class _Chain(Strategy):
                 self._advance(chain, parent, children, h["call_id"])
 
     def next_job(self) -> Job | None:
-        for chain, node in enumerate(self.current):
+        n = len(self.current)
+        for turn in range(1, n + 1):
+            chain = (self._last + turn) % n
+            node = self.current[chain]
             if chain in self.busy or chain in self.ended:
                 continue
             if not self.depth_allowed(node.depth + 1):
@@ -55,6 +64,7 @@ class _Chain(Strategy):
                 self.ended.add(chain)
                 continue
             self.busy.add(chain)
+            self._last = chain
             return Job([node], depth=node.depth + 1, chain=chain)
         return None
 
@@ -70,7 +80,8 @@ class _Chain(Strategy):
                 self.ended.add(chain)  # a node that keeps yielding nothing ends its chain
             return
         self.failures[chain] = 0
-        rng = random.Random(f"{self.params.seed}:{chain}:{call_id}")
+        self.steps[chain] += 1  # only steps that moved the chain: the same live and on restore
+        rng = random.Random(f"{self.params.seed}:{chain}:{self.steps[chain]}")
         self.current[chain] = self.pick(parent, children, rng)
 
     def pick(self, parent: NodeInfo, children: Sequence[NodeInfo], rng: random.Random) -> NodeInfo:
@@ -80,6 +91,10 @@ class _Chain(Strategy):
         return not self.depth_allowed(1) or len(self.ended) == len(self.current)
 
     def _similarities(self, parent: NodeInfo, children: Sequence[NodeInfo]) -> np.ndarray:
+        """Cosine of each child to its parent: from the vectors the nodes carry (computed by
+        the engine off the event loop, with the near-duplicate check), else by the callback."""
+        if parent.vector is not None and all(c.vector is not None for c in children):
+            return np.array([float(np.dot(c.vector, parent.vector)) for c in children])
         if self.params.similarity is None:
             raise RuntimeError(f"the {self.name} strategy needs an embedder")
         return self.params.similarity(parent.example, [c.example for c in children])
@@ -99,6 +114,8 @@ class ContrastiveChain(_Chain):
 
     name = "contrastive"
 
+    uses_embeddings = True
+
     def pick(self, parent, children, rng):
         return children[int(np.argmin(self._similarities(parent, children)))]
 
@@ -107,6 +124,8 @@ class SimilarChain(_Chain):
     """Similar: the child most similar to its parent."""
 
     name = "similar"
+
+    uses_embeddings = True
 
     def pick(self, parent, children, rng):
         return children[int(np.argmax(self._similarities(parent, children)))]

@@ -4,6 +4,9 @@ A node's novelty is 1 - its highest cosine similarity to every node accepted bef
 computed by the engine when the node is accepted. The frontier is a priority queue on
 novelty, so money goes below the examples that opened new ground rather than below
 paraphrases; ties are broken at random with the run's seed. Seeds come first.
+
+Requests go in waves of ``chains`` (default 8): a wave is picked once every request of the
+wave before it has finished, so the picks do not depend on ``--concurrency``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ class Novelty(Strategy):
     def __init__(self, params):
         super().__init__(params)
         self.heap: list[tuple[float, float, int, NodeInfo]] = []
+        # Best-first in waves of ``chains`` requests: a wave is picked from what every earlier
+        # wave found, so the picks are the same at any concurrency.
+        self.wave_left = 0
+        self.outstanding = 0
 
     def _push(self, node: NodeInfo, times: int) -> None:
         if times <= 0 or not self.depth_allowed(node.depth + 1):
@@ -42,12 +49,19 @@ class Novelty(Strategy):
             self._push(n, self.params.branching + retries[n.id] - n.expanded)
 
     def next_job(self) -> Job | None:
+        if self.wave_left == 0:
+            if self.outstanding:
+                return None
+            self.wave_left = max(1, self.params.chains)
         if not self.heap:
             return None
         node = heapq.heappop(self.heap)[3]
+        self.wave_left -= 1
+        self.outstanding += 1
         return Job([node], depth=node.depth + 1)
 
     def on_result(self, job, children, call_id):
+        self.outstanding = max(0, self.outstanding - 1)
         for child in children:
             self._push(child, self.params.branching)
         retry = self._earned_retry(job, children, call_id)

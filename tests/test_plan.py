@@ -1,0 +1,101 @@
+"""`treegen plan`: forecast arithmetic (pure) and a forecast against a simulated run (SIMULATED)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import treegen
+from treegen import cli_batch
+from treegen.config import from_options
+from treegen.forecast import CallSample, calls_to_target, forecast, t_widen, warn_if_short
+from treegen.prices import load_price_table, price_for
+from treegen.task import example_from_dict
+
+SEEDS = [{"question": "Is 12 divisible by 4?", "options": ["True", "False"], "label": "True"},
+         {"question": "Is a sparrow a kind of fish?", "options": ["True", "False"], "label": "False"}]
+PRICE = price_for("gpt-4o-mini", load_price_table())
+
+
+def test_constant_pilot_gives_the_exact_figures() -> None:
+    samples = [CallSample(100, 200, 5, True, 1.0)] * 8
+    fc = forecast(samples, [100, 100], target=50, price=PRICE, concurrency=2)
+    assert fc.calls.expected == fc.calls.low == fc.calls.high == 10
+    assert fc.tokens.expected == 10 * 300
+    assert PRICE is not None
+    assert fc.usd.expected == pytest.approx(10 * (100 * PRICE.input + 200 * PRICE.output) / 1e12)
+    assert fc.batch_usd.expected == pytest.approx(10 * (100 * PRICE.batch_input + 200 * PRICE.batch_output) / 1e12)
+    assert fc.seconds.expected == pytest.approx(10 * 1.0 / 2)
+
+
+def test_rate_limits_bound_the_wall_time() -> None:
+    samples = [CallSample(100, 200, 5, True, 0.1)] * 8
+    fc = forecast(samples, [100], target=50, price=PRICE, concurrency=8, rpm=60)
+    assert fc.seconds.expected == pytest.approx(10.0)  # 10 calls at one a second
+    fc = forecast(samples, [100], target=50, price=PRICE, concurrency=8, tpm=600)
+    assert fc.seconds.expected == pytest.approx(300.0)  # 3,000 tokens at 600 a minute
+
+
+def test_spread_gives_a_range_that_narrows_with_a_bigger_pilot() -> None:
+    def pilot(n: int) -> list[CallSample]:
+        return [CallSample(100, 150 + 10 * (i % 5), [1, 5, 3, 0, 4][i % 5], i % 7 != 0, 1.0) for i in range(n)]
+
+    small = forecast(pilot(10), [90, 110], target=200, price=PRICE)
+    large = forecast(pilot(200), [90, 110], target=200, price=PRICE)
+    for fc in (small, large):
+        assert fc.usd.low < fc.usd.expected < fc.usd.high
+    width = lambda fc: (fc.usd.high - fc.usd.low) / fc.usd.expected  # noqa: E731
+    assert width(small) > width(large)
+    assert t_widen(5) > t_widen(30) > t_widen(500) == 1.0
+
+
+def test_calls_to_target_and_errors() -> None:
+    assert calls_to_target([0, 2, 0, 3], 5) == 4  # type: ignore[arg-type]
+    assert calls_to_target([0, 1], 5) == 3  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        forecast([], [100], target=5, price=PRICE)
+    fc = forecast([CallSample(100, 100, 0, True, 1.0)] * 4, [100], target=5, price=PRICE)
+    assert fc.calls.expected > 0 and fc.usd.high >= fc.usd.expected  # no acceptance: finite, wide
+
+
+def test_warn_if_short_only_when_the_cap_cannot_reach_the_target() -> None:
+    seeds = [example_from_dict(s) for s in SEEDS]
+    tight = from_options("yesno_close", {"backend": "sim", "target": 100_000, "max_usd": 0.01})
+    assert "will not reach --target" in (warn_if_short(tight, seeds) or "")
+    ample = from_options("yesno_close", {"backend": "sim", "target": 100, "max_usd": 5})
+    assert warn_if_short(ample, seeds) is None
+    no_target = from_options("yesno_close", {"backend": "sim", "max_usd": 0.01})
+    assert warn_if_short(no_target, seeds) is None
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    cli_batch.register(app)
+    return app
+
+
+def test_plan_needs_a_pilot_or_a_run(tmp_path) -> None:
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps(s) + "\n" for s in SEEDS))
+    res = CliRunner().invoke(_app(), ["plan", str(seeds), "--target", "10", "--backend", "sim"])
+    assert res.exit_code != 0
+
+
+def test_plan_on_the_simulator_lands_within_its_range(tmp_path) -> None:
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps(s) + "\n" for s in SEEDS))
+    res = CliRunner().invoke(_app(), ["plan", str(seeds), "--target", "120", "--backend", "sim", "--pilot-calls", "12",
+                                      "--embedder", "hashing", "--out", str(tmp_path / "runs"), "--name", "pilot",
+                                      "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert set(doc) >= {"usd", "tokens", "calls", "seconds", "batch"}
+    assert doc["simulated"] is True and doc["pilot_calls"] == 12
+    actual = treegen.run(str(seeds), backend="sim", target=120, seed=7, embedder="hashing",
+                         out=str(tmp_path / "runs"), name="actual")
+    assert doc["usd"]["low"] <= actual.spent_usd <= doc["usd"]["high"], (doc["usd"], actual.spent_usd)
+    assert doc["calls"]["low"] <= actual.calls <= doc["calls"]["high"]
+    assert doc["batch"]["usd"]["expected"] < doc["usd"]["expected"]
