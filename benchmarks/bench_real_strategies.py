@@ -167,6 +167,10 @@ def measure_run(run_dir: Path, gen: dict[str, Any], refs: dict[str, Reference], 
     }
     tokens = [tokenize(item_text(e)) for e in examples]
     ref = refs[task]
+    # label_key: yes/no text, or the answer's option position for multiple choice
+    from treegen.metrics import label_key
+
+    row["labels"] = _count(label_key(e) for e in examples)
     row["_tokens"] = tokens  # distinct-2 is computed once every run of the task is read (same K)
     if n >= 2:
         row["self_bleu"] = self_bleu(tokens)[0]
@@ -204,6 +208,12 @@ def measure(args: argparse.Namespace) -> None:
 
     from treegen.embedders import get_embedder
 
+    if args.render_only:  # the table again from the raw rows, nothing re-measured
+        results = Path(args.results)
+        raw = [json.loads(x) for x in (results / "real_strategies.jsonl").read_text(encoding="utf-8").splitlines()]
+        text = render([r for r in raw if "error" not in r], [r for r in raw if "error" in r], args)
+        (results / "real_strategies.md").write_text(text, encoding="utf-8")
+        return
     out = Path(args.out)
     gen = {}
     log = out / "generate.jsonl"
@@ -291,18 +301,22 @@ def render(rows: list[dict[str, Any]], errors: list[dict[str, Any]], args: argpa
         "(acc - floor) / (human acc - floor), human acc = the lexical student on human data "
         f"(benchmarks/results/students.md: strategyqa {HUMAN_ID_ACC['strategyqa']}, csqa {HUMAN_ID_ACC['csqa']}).",
         "",
-        "| task | strategy | seed | acc | tokens | tok/acc | depth | rejected | sim to root by depth | dist-2 (human) | self-BLEU | MAUVE | ID acc (floor) | PGR ID | OOD mean (floor) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | strategy | seed | acc | labels | tokens / calls | tok/acc | depth | rejected | sim to root by depth | dist-2 (human) | self-BLEU | MAUVE | ID acc (floor) | PGR ID | OOD mean (floor) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         st = r.get("student")
         rej = ", ".join(f"{k} {v}" for k, v in (r.get("rejections") or {}).items()) or "none"
         lines.append("| " + " | ".join([
-            r["task"], r["strategy"], str(r["seed"]), str(r["accepted"]), f"{r['spent_tokens']:,}",
+            r["task"], r["strategy"], str(r["seed"]), str(r["accepted"]),
+            ", ".join(f"{k} {v}" for k, v in sorted((r.get("labels") or {}).items())) or "none",
+            f"{r['spent_tokens']:,} / {r['calls']} calls"
+            + "".join(f", {v} {k}" for k, v in sorted(r.get("calls_by_status", {}).items()) if k != "ok"),
             _fmt(r.get("tokens_per_accepted"), 0), str(r["max_depth"]), rej, _drift_text(r),
             f"{_fmt(r.get('distinct_2'))} ({_fmt(r.get('distinct_2_human'))}), K={r.get('distinct_k', 0)}",
             _fmt(r.get("self_bleu")), _fmt(r.get("mauve")) if "mauve" in r else "skipped (<20)",
-            f"{_pct(st['id_acc'])} ({_pct(st['id_floor'])})" if st else (r.get("student_note") or "not run")[:60],
+            f"{_pct(st['id_acc'])} ({_pct(st['id_floor'])})" if st else (f"not trained: {r['accepted']} examples, lexical needs 8" if r["accepted"] < 8
+                 else r.get("student_note") or "not run"),
             _fmt(st.get("pgr_id")) if st else "n/a",
             f"{_pct(st['ood_mean'])} ({_pct(st['ood_floor_mean'])})" if st else "n/a",
         ]) + " |")
@@ -352,6 +366,7 @@ def main() -> None:
     m.add_argument("--students-tasks", type=lambda s: s.split(","), default=list(TASKS),
                    help="tasks whose runs get the student (ID/OOD, PGR)")
     m.add_argument("--results", default=str(RESULTS), help="folder for real_strategies.md and .jsonl")
+    m.add_argument("--render-only", action="store_true", help="rewrite the markdown from the .jsonl rows")
     m.add_argument("--command", default="", help="the generate command, recorded in the markdown")
     args = p.parse_args()
     if args.cmd == "generate":

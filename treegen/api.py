@@ -147,7 +147,7 @@ async def execute_async(store: RunStore, cfg: RunConfig, api_key: str | None = N
         def on_signal() -> None:
             presses["n"] += 1
             if presses["n"] == 1:
-                engine.request_stop("interrupted (Ctrl-C): the requests in flight were finished and recorded")
+                engine.request_stop("Ctrl-C: the requests in flight were finished and recorded")
             else:
                 engine.abandon()
 

@@ -24,7 +24,7 @@ class Novelty(Strategy):
         self.heap: list[tuple[float, float, int, NodeInfo]] = []
         # Best-first in waves of ``chains`` requests: a wave is picked from what every earlier
         # wave found, so the picks are the same at any concurrency.
-        self.wave_left = 0
+        self.wave: list[NodeInfo] = []  # picked for the current wave, not yet asked
         self.outstanding = 0
 
     def _push(self, node: NodeInfo, times: int) -> None:
@@ -37,26 +37,31 @@ class Novelty(Strategy):
     def start(self, seeds):
         super().start(seeds)
         self.heap = []
+        self.wave = []
+        self.outstanding = 0
         for s in seeds:
             self._push(s, self.params.branching)
 
     def restore(self, seeds, nodes, history):
         super().start(seeds)
         self.heap = []
+        self.wave = []
+        self.outstanding = 0
         everything = list(seeds) + sorted(nodes, key=lambda n: n.id)
         retries = self._restore_retries(everything, history)
         for n in everything:
             self._push(n, self.params.branching + retries[n.id] - n.expanded)
 
     def next_job(self) -> Job | None:
-        if self.wave_left == 0:
+        if not self.wave:
             if self.outstanding:
+                return None  # the next wave is picked once this one has finished
+            # A whole wave is picked at once, from what the earlier waves found.
+            while self.heap and len(self.wave) < max(1, self.params.chains):
+                self.wave.append(heapq.heappop(self.heap)[3])
+            if not self.wave:
                 return None
-            self.wave_left = max(1, self.params.chains)
-        if not self.heap:
-            return None
-        node = heapq.heappop(self.heap)[3]
-        self.wave_left -= 1
+        node = self.wave.pop(0)
         self.outstanding += 1
         return Job([node], depth=node.depth + 1)
 
@@ -69,4 +74,4 @@ class Novelty(Strategy):
             self._push(retry, 1)
 
     def exhausted(self) -> bool:
-        return not self.heap
+        return not self.heap and not self.wave
