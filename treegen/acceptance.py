@@ -34,6 +34,7 @@ class Screened:
     candidate: Candidate
     example: Example | None
     reason: str | None
+    key: str | None = None  # the dedup key of a valid example
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,15 @@ def screen(candidates: Sequence[Candidate], fmt: TaskFormat, seen_keys: Abstract
             out.append(Screened(cand, ex, DUPLICATE))
             continue
         batch_keys.add(key)
-        out.append(Screened(cand, ex, None))
+        out.append(Screened(cand, ex, None, key))
     return out
+
+
+def rescreen(screened: Sequence[Screened], seen_keys: AbstractSet[str]) -> list[Screened]:
+    """Exact duplicates again, against examples accepted since ``screen`` ran (cheap: the keys
+    are kept)."""
+    return [Screened(s.candidate, s.example, DUPLICATE, s.key) if s.reason is None and s.key in seen_keys else s
+            for s in screened]
 
 
 def judge(screened: Sequence[Screened], similarities: dict[int, float], ctx: JudgeContext) -> list[Decision]:

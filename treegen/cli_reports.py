@@ -51,11 +51,11 @@ def runs(
     if not items:
         console.print(f"No runs in {folder}. Start one with `treegen run SEEDS.jsonl`.", highlight=False)
         return
-    show(console, table(f"Runs in {folder}", ("run", "status", "strategy", "model", "accepted", "spent", "simulated"), [
+    show(console.get(), table(f"Runs in {folder}", ("run", "status", "strategy", "model", "accepted", "spent", "simulated"), [
         (r["run_id"], r["status"], r["strategy"] or "-", r["model"] or "-",
          "-" if r["accepted"] is None else f"{r['accepted']:,}", format_usd(r["spent_micro"]),
          {True: "SIMULATED", False: "real", None: "-"}[r["simulated"]]) for r in items
-    ], console, right=("accepted", "spent")))
+    ], console.get(), right=("accepted", "spent")))
 
 
 def status(
@@ -71,7 +71,7 @@ def status(
     if as_json:
         print_json({**summary, "by_depth": depth, "by_strategy": strategy})
     else:
-        render_status(summary, depth, strategy, console)
+        render_status(summary, depth, strategy, console.get())
 
 
 def export(
@@ -163,10 +163,10 @@ def prices(
         print_json({"file": str(path), "unit": "micro-dollars per 1M tokens", "prices": [asdict(p) for p in rows]})
         return
     cols = ("model", "input", "cached input", "output", "batch input", "batch output")
-    show(console, table(f"Prices from {path} (dollars per 1M tokens)", cols, [
+    show(console.get(), table(f"Prices from {path} (dollars per 1M tokens)", cols, [
         (p.model, *(format_usd(v) for v in (p.input, p.cached_input, p.output, p.batch_input, p.batch_output)))
         for p in rows
-    ], console, caption="As published by OpenAI in 2025: verify before trusting a dollar cap.", right=cols[1:]))
+    ], console.get(), caption="As published by OpenAI in 2025: verify before trusting a dollar cap.", right=cols[1:]))
 
 
 def budgets(
@@ -183,9 +183,9 @@ def budgets(
     if as_json:
         print_json(items)
         return
-    show(console, table("Budget profiles", ("name", "caps", "description", "file"), [
+    show(console.get(), table("Budget profiles", ("name", "caps", "description", "file"), [
         (b["name"], ", ".join(f"{k}={v}" for k, v in b["caps"].items()), b["description"], b["file"]) for b in items
-    ], console))
+    ], console.get()))
 
 
 COMMANDS: dict[str, Callable[..., None]] = {"runs": runs, "status": status, "export": export, "lineage": lineage, "report": report,

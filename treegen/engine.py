@@ -541,7 +541,7 @@ class Engine:
                      ) -> list[NodeInfo]:
         """Decide a reply's candidates against everything accepted before it, and record them."""
         # Exact duplicates again: earlier requests may have accepted the same text meanwhile.
-        screened = acceptance.screen([s.candidate for s in screened], self.fmt, self.seen_keys)
+        screened = acceptance.rescreen(screened, self.seen_keys)
         sims = await self._similarities(screened, alive, vectors)
         open_slots = None if self.cfg.caps.target is None else self.cfg.caps.target - self.ledger.accepted
         decisions = acceptance.judge(screened, sims, acceptance.JudgeContext(open_slots, self.cfg.near_dup, cost_micro))

@@ -23,8 +23,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-import sqlite_utils
-
 from treegen import migrations
 from treegen.errors import DiskFullError, RunDamagedError, RunNotFoundError
 from treegen.task import Example, dedup_key
@@ -267,6 +265,8 @@ class RunStore:
             self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives kill -9
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.execute("PRAGMA busy_timeout=5000")
+            import sqlite_utils  # here, not at import: it pulls in pandas when installed (start-up)
+
             migrations.apply(sqlite_utils.Database(self.conn))
         self._tables = None
 

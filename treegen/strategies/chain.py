@@ -93,8 +93,9 @@ class _Chain(Strategy):
     def _similarities(self, parent: NodeInfo, children: Sequence[NodeInfo]) -> np.ndarray:
         """Cosine of each child to its parent: from the vectors the nodes carry (computed by
         the engine off the event loop, with the near-duplicate check), else by the callback."""
-        if parent.vector is not None and all(c.vector is not None for c in children):
-            return np.array([float(np.dot(c.vector, parent.vector)) for c in children])
+        pv = parent.vector
+        if pv is not None and all(c.vector is not None for c in children):
+            return np.array([float(np.dot(c.vector, pv)) for c in children])  # type: ignore[arg-type]
         if self.params.similarity is None:
             raise RuntimeError(f"the {self.name} strategy needs an embedder")
         return self.params.similarity(parent.example, [c.example for c in children])
