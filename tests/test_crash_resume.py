@@ -107,3 +107,27 @@ def test_ctrl_c_finishes_the_requests_in_flight(tmp_path, yesno_seeds, strategyq
     assert q(db, "select status from runs")[0][0] == "interrupted"
     # The requests in flight at Ctrl-C were waited for and recorded, not abandoned.
     assert q(db, "select count(*) from calls where status in ('pending', 'lost')")[0][0] == 0
+
+
+def test_a_paid_reply_left_unjudged_by_a_crash_is_judged_on_resume(tmp_path, yesno_seeds):
+    """The reply is persisted (and counted) before its candidates are decided; a crash in
+    between leaves an answered call with no nodes, which resume judges instead of losing."""
+    import treegen
+
+    result = treegen.run(yesno_seeds, backend="sim", strategy="naive", target=10, max_usd=1, out=tmp_path,
+                         name="gap", embedder="hashing", concurrency=1)
+    db = result.run_dir / "treegen.db"
+    last = q(db, "select max(id) from calls where n_accepted > 0")[0][0]
+    lost = sorted(r[0] for r in q(db, f"select question from nodes where call_id = {last} and status = 'accepted'"))
+    assert lost
+    con = sqlite3.connect(db)
+    with con:  # the state a kill between the two transactions leaves
+        con.execute(f"delete from nodes where call_id = {last}")
+        con.execute(f"update calls set n_parsed = null, n_accepted = null where id = {last}")
+        con.execute("update runs set status = 'running'")
+    con.close()
+    spent = q(db, "select sum(cost_micro) from calls")[0][0]
+    treegen.resume(result.run_dir, max_calls=int(q(db, "select count(*) from calls")[0][0]))  # no new call
+    back = sorted(r[0] for r in q(db, f"select question from nodes where call_id = {last} and status = 'accepted'"))
+    assert back == lost
+    assert q(db, "select sum(cost_micro) from calls")[0][0] == spent  # judged, not bought again

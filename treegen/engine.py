@@ -216,31 +216,29 @@ class Engine:
     def _recover_unjudged(self) -> None:
         """Replies persisted by a session that died before deciding their candidates: they were
         paid for, so they are judged now, in the order they were made."""
-        by_id = {r["id"]: r for r in self.store.nodes()}
         for call in self.store.unjudged_calls():
-            parent_ids = json.loads(call["parent_node_ids"] or "[]")
-            parents = [by_id[i] for i in parent_ids if i in by_id]
-            if not parents:
+            job = self._job_of_call(call)
+            if job is None:
                 continue
-            job = Job([NodeInfo(p["id"], p["depth"], p["root_id"], node_example(p), p["expanded"] or 0, p["novelty"])
-                       for p in parents], depth=call["depth"], chain=call["chain"])
             text = call["response_text"] or ""
+            cost = int(call["cost_micro"] or 0)
             screened = acceptance.screen(parse_reply(text), self.fmt, self.seen_keys)
             alive = [i for i, sc in enumerate(screened) if sc.reason is None]
-            vectors = self._embed([screened[i].example for i in alive]) if self._index is not None and alive else None  # type: ignore[misc]
-            sims: dict[int, float] = {}
-            if vectors is not None and self._index is not None:
-                base = self._index.max_similarity(vectors) if len(self._index) else np.full(len(alive), -1.0)
-                for n, i in enumerate(alive):
-                    within = max((float(vectors[n] @ vectors[m]) for m in range(n)), default=-1.0)
-                    sims[i] = max(float(base[n]), within)
+            vectors = None
+            if self._index is not None and alive:
+                vectors = self._embed([screened[i].example for i in alive])  # type: ignore[misc]
+            sims = self._similarities_now(screened, alive, vectors)
             open_slots = None if self.cfg.caps.target is None else self.cfg.caps.target - self.ledger.accepted
-            decisions = acceptance.judge(screened, sims, acceptance.JudgeContext(
-                open_slots, self.cfg.near_dup, int(call["cost_micro"] or 0)))
+            decisions = acceptance.judge(screened, sims, acceptance.JudgeContext(open_slots, self.cfg.near_dup, cost))
             vec_of = {i: vectors[j] for j, i in enumerate(alive)} if vectors is not None else {}
-            self._persist_nodes(job, call["id"], text, int(call["cost_micro"] or 0), decisions, vec_of)
-            for r in self.store.nodes():
-                by_id.setdefault(r["id"], r)
+            self._persist_nodes(job, call["id"], text, cost, decisions, vec_of)
+
+    def _job_of_call(self, call: dict[str, Any]) -> Job | None:
+        """The job a recorded call was made for, from its parents' rows."""
+        rows = [self.store.node(i) for i in json.loads(call["parent_node_ids"] or "[]")]
+        parents = [NodeInfo(r["id"], r["depth"], r["root_id"], node_example(r), r["expanded"] or 0, r["novelty"])
+                   for r in rows if r is not None]
+        return Job(parents, depth=call["depth"], chain=call["chain"]) if parents else None
 
     # ---- progress ---------------------------------------------------------------------
     def progress(self) -> Progress:
@@ -553,14 +551,23 @@ class Engine:
         """Highest cosine of each surviving candidate to what was accepted before it."""
         if vectors is None or self._index is None:
             return {}
-        now_alive = [i for i in alive if screened[i].reason is None]
-        pos = {i: j for j, i in enumerate(alive)}
         # The scan grows with the run (about 70 ms at 100k accepted): off the event loop. Adds
         # happen in turn too, so the index is never used from two threads at once.
-        base = (await asyncio.to_thread(self._index.max_similarity, vectors) if len(self._index)
-                else np.full(len(alive), -1.0))
+        base = await asyncio.to_thread(self._index.max_similarity, vectors) if len(self._index) else None
+        return self._similarities_now(screened, alive, vectors, base)
+
+    def _similarities_now(self, screened: Sequence[acceptance.Screened], alive: list[int],
+                          vectors: np.ndarray | None, base: np.ndarray | None = None) -> dict[int, float]:
+        """The same, with the index scan done here (``base``: its result when already done)."""
+        if vectors is None or self._index is None:
+            return {}
+        if base is None:
+            base = self._index.max_similarity(vectors) if len(self._index) else np.full(len(alive), -1.0)
+        now_alive = [i for i in alive if screened[i].reason is None]
+        pos = {i: j for j, i in enumerate(alive)}
         out: dict[int, float] = {}
         for n, i in enumerate(now_alive):
+            # also against the earlier candidates of this same reply
             within = max((float(vectors[pos[i]] @ vectors[pos[m]]) for m in now_alive[:n]), default=-1.0)
             out[i] = max(float(base[pos[i]]), within)
         return out
