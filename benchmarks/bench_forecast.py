@@ -60,26 +60,35 @@ def main() -> None:
                                  "calls_inside": fc.calls.contains(actual.calls)})
                     print(json.dumps(rows[-1]), flush=True)
     elapsed = time.time() - t0
+    load = os.getloadavg()
     n_in = sum(r["inside"] for r in rows)
     lines = [
         "# Forecast against actual (SIMULATED)", "",
         f"Command: `python benchmarks/bench_forecast.py --reps {args.reps} --pilot {args.pilot} "
         f"--strategies {args.strategies} --targets {args.targets}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"shared with other jobs; {elapsed:.0f} s in all.  ",
+        f"shared with other jobs (load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} over "
+        f"1/5/15 min); {elapsed:.0f} s in all.  ",
         "Simulator with its synthetic yesno_close pool, gpt-4o-mini list prices; pilot seed r, actual run seed "
-        "r + 1000 (separate runs). Range: 95% predictive bootstrap, widened by the t/normal ratio.", "",
+        "r + 1000 (separate runs). Range: 95% predictive bootstrap over the pilot's calls with the yield per "
+        "call refitted as a function of examples accepted (naive: saturating, gamma 2; tree/chains: no decline "
+        "or gamma 1, half the replicates each), widened by the t/normal ratio.", "",
         f"**Actual dollars inside the range: {n_in}/{len(rows)} runs ({100 * n_in / len(rows):.0f}%).** "
         f"Calls inside: {sum(r['calls_inside'] for r in rows)}/{len(rows)}.", "",
-        "| strategy | target | runs | inside | mean expected $ | mean actual $ | mean width (high-low)/expected |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| strategy | target | runs | inside | mean expected $ | mean actual $ | actual/expected min-max "
+        "| mean width (high-low)/expected | mean high/expected |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     keys = sorted({(r["strategy"], r["target"]) for r in rows}, key=lambda k: (k[0], k[1]))
     for s, t in keys:
         g = [r for r in rows if r["strategy"] == s and r["target"] == t]
         lines.append(f"| {s} | {t} | {len(g)} | {sum(r['inside'] for r in g)} | "
                      f"{sum(r['expected'] for r in g) / len(g):.5f} | {sum(r['actual'] for r in g) / len(g):.5f} | "
-                     f"{sum(r['width'] for r in g) / len(g):.2f} |")
+                     f"{min(r['actual'] / r['expected'] for r in g):.2f}-{max(r['actual'] / r['expected'] for r in g):.2f} | "
+                     f"{sum(r['width'] for r in g) / len(g):.2f} | {sum(r['high'] / r['expected'] for r in g) / len(g):.2f} |")
+    lines += ["", "By strategy: " + ", ".join(
+        f"{s} {sum(r['inside'] for r in rows if r['strategy'] == s)}/{sum(r['strategy'] == s for r in rows)}"
+        for s in args.strategies.split(","))]
     out = Path(__file__).resolve().parent / "results" / "forecast.md"
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())

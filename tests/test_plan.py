@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 import treegen
 from treegen import cli_batch
 from treegen.config import from_options
-from treegen.forecast import CallSample, calls_to_target, forecast, t_widen, warn_if_short
+from treegen.forecast import (CallSample, YieldCurve, accepted_before, calls_to_reach, calls_to_target,
+                              fit_yield_curves, forecast, t_widen, warn_if_short)
 from treegen.prices import load_price_table, price_for
 from treegen.task import example_from_dict
 
@@ -59,6 +60,53 @@ def test_calls_to_target_and_errors() -> None:
         forecast([], [100], target=5, price=PRICE)
     fc = forecast([CallSample(100, 100, 0, True, 1.0)] * 4, [100], target=5, price=PRICE)
     assert fc.calls.expected > 0 and fc.usd.high >= fc.usd.expected  # no acceptance: finite, wide
+
+
+def _declining_pilot(curve: YieldCurve, n: int) -> list[float]:
+    """Accepted per call that follow ``curve`` exactly (expected values, no noise)."""
+    out: list[float] = []
+    for _ in range(n):
+        out.append(curve.per_call(sum(out)))
+    return out
+
+
+def test_yield_curve_calls_match_stepping_call_by_call() -> None:
+    assert YieldCurve(4.0, float("inf"), 2.0).calls_to(100) == pytest.approx(25.0)
+    curve = YieldCurve(4.0, 30.0, 2.0)
+    accepted, calls = 0.0, 0
+    while accepted < 200:  # small steps of the same curve: the integral the closed form gives
+        accepted += curve.per_call(accepted) * 0.01
+        calls += 1
+    assert curve.calls_to(200) == pytest.approx(calls * 0.01, rel=0.01)
+    assert curve.calls_to(200) > 3 * 200 / 4.0  # repeats make it far costlier than the first calls suggest
+    assert calls_to_reach([1.0], [0.001], 2.0, 10**6)[0] == 1e8  # never: capped, still a number
+
+
+def test_fit_recovers_a_decline_and_keeps_a_flat_pilot_flat() -> None:
+    acc = _declining_pilot(YieldCurve(5.0, 40.0, 2.0), 16)
+    assert acc[0] == 5.0 and acc[-1] < 2.5
+    before = accepted_before(acc)
+    assert before[0] == 0 and before[1] == 5.0
+    m0, pool = fit_yield_curves([acc], [before], 2.0)
+    assert m0[0] == pytest.approx(5.0, rel=0.05) and pool[0] == pytest.approx(40.0, rel=0.08)
+    flat = [4.0] * 12
+    m0, pool = fit_yield_curves([flat], [accepted_before(flat)], 2.0)
+    assert m0[0] == pytest.approx(4.0) and pool[0] == float("inf")
+
+
+def test_a_saturating_pilot_forecasts_more_calls_than_its_mean_suggests() -> None:
+    acc = _declining_pilot(YieldCurve(5.0, 40.0, 2.0), 12)
+    samples = [CallSample(100, 150, round(a), True, 1.0) for a in acc]
+    mean = sum(round(a) for a in acc) / len(acc)
+    naive = forecast(samples, [100], target=300, price=PRICE, saturating=True)
+    moving = forecast(samples, [100], target=300, price=PRICE)
+    assert naive.calls.expected > 2 * 300 / mean
+    assert naive.curve is not None and naive.curve.gamma == 2.0 and naive.curve.pool < 100
+    # Moving context: the no-decline figure is expected; the pilot's decline widens the high end.
+    assert moving.calls.expected == pytest.approx(300 / mean)
+    assert moving.calls.high > 2 * moving.calls.expected
+    assert moving.calls.low <= moving.calls.expected <= moving.calls.high
+    assert naive.to_dict()["yield_curve"]["gamma"] == 2.0
 
 
 def test_warn_if_short_only_when_the_cap_cannot_reach_the_target() -> None:
