@@ -28,6 +28,13 @@ SEEDS = [{"question": "Is 12 divisible by 4?", "options": ["True", "False"], "la
          {"question": "Is a sparrow a kind of fish?", "options": ["True", "False"], "label": "False"}]
 
 
+def coverage_lower_bound(inside: int, runs: int) -> float:
+    """One-sided 95% Clopper-Pearson lower bound on the share of runs inside the range."""
+    from scipy import stats
+
+    return 0.0 if inside == 0 else float(stats.beta.ppf(0.05, inside, runs - inside + 1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=4)
@@ -71,10 +78,12 @@ def main() -> None:
         f"1/5/15 min); {elapsed:.0f} s in all.  ",
         "Simulator with its synthetic yesno_close pool, gpt-4o-mini list prices; pilot seed r, actual run seed "
         "r + 1000 (separate runs). Range: 95% predictive bootstrap over the pilot's calls with the yield per "
-        "call refitted as a function of examples accepted (naive: saturating, gamma 2; tree/chains: no decline "
-        "or gamma 1, half the replicates each), widened by the t/normal ratio.", "",
+        "call refitted as a function of examples accepted, m0 * (1 + A/pool)^-gamma, half the replicates per "
+        "gamma (naive: gamma 1 and 2, expected at their geometric mean; tree/chains: gamma 0, the expected, and "
+        "0.5), widened by the t/normal ratio. Width = (high - low) / expected.", "",
         f"**Actual dollars inside the range: {n_in}/{len(rows)} runs ({100 * n_in / len(rows):.0f}%).** "
-        f"Calls inside: {sum(r['calls_inside'] for r in rows)}/{len(rows)}.", "",
+        f"Calls inside: {sum(r['calls_inside'] for r in rows)}/{len(rows)}. One-sided 95% lower bound on the "
+        f"coverage (Clopper-Pearson): {coverage_lower_bound(n_in, len(rows)):.3f}.", "",
         "| strategy | target | runs | inside | mean expected $ | mean actual $ | actual/expected min-max "
         "| mean width (high-low)/expected | mean high/expected |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

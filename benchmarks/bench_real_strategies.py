@@ -44,9 +44,10 @@ TASKS = ("strategyqa", "csqa")
 SEEDS = (0, 1)
 DEFAULT_OUT = REPO / "runs" / "real_strategies"
 RESULTS = REPO / "benchmarks" / "results"
-MAUVE_MIN = 20
+NOTES_MARK = "<!-- hand-written reading below: kept when the table is regenerated -->"
+MAUVE_MIN = 20  # fewer created examples than this: MAUVE's k-means has too few points per bucket
 DISTINCT_K = 1000  # tokens for distinct-2: the same K for every run of a task
-REFERENCE_ITEMS = 1000  # human training items embedded per task for MAUVE  # fewer created examples than this: MAUVE's k-means has too few points per bucket
+REFERENCE_ITEMS = 1000  # human training items embedded per task for MAUVE
 STUDENT = "lexical"
 # Human-data lexical student, ID test accuracy (%), from benchmarks/results/students.md.
 HUMAN_ID_ACC = {"strategyqa": 54.8, "csqa": 25.2}
@@ -212,7 +213,7 @@ def measure(args: argparse.Namespace) -> None:
         results = Path(args.results)
         raw = [json.loads(x) for x in (results / "real_strategies.jsonl").read_text(encoding="utf-8").splitlines()]
         text = render([r for r in raw if "error" not in r], [r for r in raw if "error" in r], args)
-        (results / "real_strategies.md").write_text(text, encoding="utf-8")
+        write_markdown(results / "real_strategies.md", text)
         return
     out = Path(args.out)
     gen = {}
@@ -253,7 +254,7 @@ def measure(args: argparse.Namespace) -> None:
     with (results / "real_strategies.jsonl").open("w", encoding="utf-8") as fh:
         for r in rows + errors:
             fh.write(json.dumps(r, default=str) + "\n")
-    (results / "real_strategies.md").write_text(render(rows, errors, args), encoding="utf-8")
+    write_markdown(results / "real_strategies.md", render(rows, errors, args))
     print(f"wrote {results / 'real_strategies.md'} ({len(rows)} runs)")
 
 
@@ -264,6 +265,15 @@ def _drift_text(row: dict[str, Any]) -> str:
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def write_markdown(path: Path, text: str) -> None:
+    """The generated table, followed by the hand-written reading of the existing file, if any."""
+    if path.is_file():
+        old = path.read_text(encoding="utf-8")
+        if NOTES_MARK in old:
+            text = text.rstrip("\n") + "\n\n" + old[old.index(NOTES_MARK):]
+    path.write_text(text, encoding="utf-8")
 
 
 def render(rows: list[dict[str, Any]], errors: list[dict[str, Any]], args: argparse.Namespace) -> str:

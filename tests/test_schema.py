@@ -9,7 +9,9 @@ import pytest
 from treegen.errors import ConfigError
 from treegen.parsing import parse_reply
 from treegen.schema import (
+    answer_to_label,
     example_schema,
+    label_to_answer,
     fallback_dialects,
     is_response_format_refusal,
     response_format,
@@ -33,6 +35,8 @@ def _real_rows(datasets_dir, rel: str, n: int) -> tuple[list[dict], TaskFormat]:
         row = ex.to_dict()
         if not fmt.has_context:
             del row["context"]  # closed-book items have no context property at all
+        if fmt.kind == "mcqa":
+            row = label_to_answer(row)  # multiple choice answers by the option's number
         rows.append(row)
     return rows, fmt
 
@@ -52,7 +56,7 @@ def test_real_examples_fit_the_schema_and_parse_back(datasets_dir, rel):
     # What a constrained server returns goes through the ordinary parser and validator.
     cands = parse_reply(reply)
     assert [c.obj for c in cands] == rows
-    parsed = [example_from_dict(c.obj, fmt) for c in cands]
+    parsed = [example_from_dict(answer_to_label(c.obj), fmt) for c in cands]
     assert [p.question for p in parsed] == [r["question"] for r in rows]
 
 
@@ -72,7 +76,9 @@ def test_schema_refuses_what_the_task_format_refuses(datasets_dir):
     bad_rows = [
         {**row, "options": row["options"][:4]},  # wrong option count
         {**row, "context": "a passage"},  # closed book: no context property
-        {k: v for k, v in row.items() if k != "label"},  # label missing
+        {k: v for k, v in row.items() if k != "answer"},  # answer missing
+        {**row, "answer": 6},  # no sixth option
+        {**{k: v for k, v in row.items() if k != "answer"}, "label": row["options"][0]},  # text, not a number
         {**row, "explanation": "because"},  # extra field
     ]
     for bad in bad_rows:
@@ -140,3 +146,12 @@ def test_fallback_order():
 )
 def test_response_format_refusal(status, message, refusal):
     assert is_response_format_refusal(status, message) is refusal
+
+
+def test_a_multiple_choice_answer_by_number_becomes_its_label():
+    obj = {"question": "Where?", "options": ["a", "b", "c"], "answer": 2}
+    assert answer_to_label(obj) == {"question": "Where?", "options": ["a", "b", "c"], "label": "b"}
+    for odd in ({**obj, "answer": 0}, {**obj, "answer": 4}, {**obj, "answer": True}, {**obj, "answer": "2"},
+                {**obj, "label": "c"}):
+        assert answer_to_label(odd) == odd  # left for validation to judge
+    assert label_to_answer({"options": ["a", "b"], "label": "b"}) == {"options": ["a", "b"], "answer": 2}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import AbstractSet, Sequence
 
 from treegen.parsing import Candidate
+from treegen.schema import answer_to_label
 from treegen.task import Example, InvalidExample, TaskFormat, dedup_key, example_from_dict
 
 # Rejection reasons that acceptance itself gives (parsing and validation add their own).
@@ -73,7 +74,7 @@ def screen(candidates: Sequence[Candidate], fmt: TaskFormat, seen_keys: Abstract
             out.append(Screened(cand, None, cand.error or "invalid-json"))
             continue
         try:
-            ex = example_from_dict(cand.obj, fmt)
+            ex = example_from_dict(answer_to_label(cand.obj) if fmt.kind == "mcqa" else cand.obj, fmt)
         except InvalidExample as exc:
             out.append(Screened(cand, None, exc.reason))
             continue

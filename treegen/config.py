@@ -333,6 +333,9 @@ def from_options(task_format: str, options: dict[str, Any], api_key: str | None 
         # flight only queue up behind it and run into the timeout.
         if options.get("concurrency") is None:
             options = {**options, "concurrency": 1}
+        # A 1,024-token reply at ~10 tokens/s on busy cores outlasts the 60 s default.
+        if options.get("timeout") is None:
+            options = {**options, "timeout": 300.0}
         # Its dialect is known: skip the refused json_schema call that auto would make.
         if options.get("structured") is None:
             options = {**options, "structured": "json_object"}

@@ -451,7 +451,7 @@ class Engine:
             return None
         from treegen.schema import example_schema, response_format
 
-        return response_format(example_schema(self.fmt, k), self.dialect)
+        return response_format(example_schema(self.fmt, k, non_empty=self.dialect == "json_object"), self.dialect)
 
     def _secrets(self) -> list[str]:
         return [self.api_key] if self.api_key else []

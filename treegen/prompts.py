@@ -38,6 +38,8 @@ def system_prompt(fmt: TaskFormat, structured: bool = False, task_description: s
     parts = [f"Task: {task_description.strip()}" if task_description and task_description.strip() else "", _ROLE]
     if fmt.kind == "yesno":
         parts.append('label is "True" or "False".')
+    elif structured:
+        parts.append("answer is the number of the correct option (1 is the first).")
     else:
         parts.append("label is the correct option's text.")
     if fmt.has_context:
@@ -47,20 +49,24 @@ def system_prompt(fmt: TaskFormat, structured: bool = False, task_description: s
     return " ".join(p for p in parts if p)
 
 
-def example_fields(example: Example, fmt: TaskFormat | None = None) -> dict[str, Any]:
-    """The fields a model sees and writes: ``context`` only when the format has one."""
+def example_fields(example: Example, fmt: TaskFormat | None = None, structured: bool = False) -> dict[str, Any]:
+    """The fields a model sees and writes: ``context`` only when the format has one; with a
+    schema, a multiple-choice answer by the option's number (what the schema asks for)."""
     has_context = fmt.has_context if fmt is not None else example.context is not None
     fields: dict[str, Any] = {"question": example.question}
     if has_context:
         fields["context"] = example.context or ""
     fields["options"] = list(example.options)
-    fields["label"] = example.label
+    if structured and fmt is not None and fmt.kind == "mcqa":
+        fields["answer"] = example.label_index + 1
+    else:
+        fields["label"] = example.label
     return fields
 
 
-def render_example(example: Example, fmt: TaskFormat | None = None) -> str:
+def render_example(example: Example, fmt: TaskFormat | None = None, structured: bool = False) -> str:
     """One example as the prompt shows it: compact JSON, no spaces after separators."""
-    return json.dumps(example_fields(example, fmt), ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(example_fields(example, fmt, structured), ensure_ascii=False, separators=(",", ":"))
 
 
 def build_messages(
@@ -73,7 +79,7 @@ def build_messages(
     outputs), so the prompt leaves the reply format to it. Without it (the default, safe
     for any server) the system message asks for one JSON object a line.
     """
-    shown = "\n".join(render_example(ex, fmt) for ex in examples)
+    shown = "\n".join(render_example(ex, fmt, structured) for ex in examples)
     ask = f"Write {k} new example{'' if k == 1 else 's'}."
     return [
         {"role": "system", "content": system_prompt(fmt, structured, task_description)},
@@ -101,6 +107,8 @@ def read_prompt(messages: Sequence[dict[str, str]]) -> tuple[list[dict], int]:
         except json.JSONDecodeError:
             continue
         if isinstance(obj, dict):
-            shown.append(obj)
+            from treegen.schema import answer_to_label
+
+            shown.append(answer_to_label(obj))  # a structured prompt shows answers by number
     m = _K.search(text)
     return shown, int(m.group(1)) if m else 1

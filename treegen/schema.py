@@ -33,18 +33,23 @@ SCHEMA_NAME = "examples"
 _REFUSAL_WORDS = ("response_format", "json_schema", "schema")
 
 
-def example_schema(fmt: TaskFormat, k: int) -> dict[str, Any]:
+def example_schema(fmt: TaskFormat, k: int, non_empty: bool = False) -> dict[str, Any]:
     """Schema of ``{"examples": [...]}`` with exactly ``k`` examples of format ``fmt``.
 
     Every object lists all its properties as required and forbids others, as OpenAI's
     strict mode demands. A closed-book format has no ``context`` property at all (rather
     than a nullable one) so that a constrained model cannot spend tokens on it.
+
+    ``non_empty`` adds ``minLength: 1`` to the texts: llama.cpp's grammar honours it (a small
+    model otherwise writes empty options); OpenAI's strict mode is not known to take it, so
+    the json_schema dialect goes without.
     """
     if k < 1:
         raise ConfigError(f"k must be at least 1 to build a schema, got {k}. Ask for one or more examples per call.")
-    properties: dict[str, Any] = {"question": {"type": "string"}}
+    text: dict[str, Any] = {"type": "string", "minLength": 1} if non_empty else {"type": "string"}
+    properties: dict[str, Any] = {"question": dict(text)}
     if fmt.has_context:
-        properties["context"] = {"type": "string"}
+        properties["context"] = dict(text)
     if fmt.kind == "yesno":
         options: dict[str, Any] = {
             "type": "array",
@@ -57,13 +62,15 @@ def example_schema(fmt: TaskFormat, k: int) -> dict[str, Any]:
     else:
         options = {
             "type": "array",
-            "items": {"type": "string"},
+            "items": dict(text),
             "minItems": fmt.n_options,
             "maxItems": fmt.n_options,
         }
-        label = {"type": "string"}
+        # A schema cannot tie a label's text to the options, so the model names the right
+        # option by its number: a label that is not an option cannot be written at all.
+        label = {"type": "integer", "enum": list(range(1, fmt.n_options + 1))}
     properties["options"] = options
-    properties["label"] = label
+    properties["answer" if fmt.kind == "mcqa" else "label"] = label
     item = {
         "type": "object",
         "properties": properties,
@@ -78,6 +85,30 @@ def example_schema(fmt: TaskFormat, k: int) -> dict[str, Any]:
         "required": ["examples"],
         "additionalProperties": False,
     }
+
+
+def answer_to_label(obj: Any) -> Any:
+    """A structured multiple-choice reply names its answer by number (``"answer": 2``): the
+    label is that option's text. Anything else is returned as it is."""
+    if not isinstance(obj, dict) or "label" in obj or "answer" not in obj:
+        return obj
+    answer, options = obj["answer"], obj.get("options")
+    if isinstance(answer, bool) or not isinstance(answer, int) or not isinstance(options, list):
+        return obj
+    if not 1 <= answer <= len(options):
+        return obj
+    out = {k: v for k, v in obj.items() if k != "answer"}
+    out["label"] = options[answer - 1]
+    return out
+
+
+def label_to_answer(row: dict[str, Any]) -> dict[str, Any]:
+    """The inverse, for a multiple-choice example shown or validated in the structured form."""
+    if "label" not in row or not isinstance(row.get("options"), list) or row["options"] == ["True", "False"]:
+        return row
+    out = {k: v for k, v in row.items() if k != "label"}
+    out["answer"] = [str(o) for o in row["options"]].index(str(row["label"])) + 1
+    return out
 
 
 def response_format(schema: dict[str, Any], dialect: str) -> dict[str, Any] | None:
