@@ -131,3 +131,23 @@ def test_a_paid_reply_left_unjudged_by_a_crash_is_judged_on_resume(tmp_path, yes
     back = sorted(r[0] for r in q(db, f"select question from nodes where call_id = {last} and status = 'accepted'"))
     assert back == lost
     assert q(db, "select sum(cost_micro) from calls")[0][0] == spent  # judged, not bought again
+
+
+def test_a_call_left_pending_by_a_crash_counts_against_the_caps_on_resume(tmp_path, yesno_seeds):
+    """A kill leaves a pending call whose reply may have been billed: resume counts its whole
+    reservation before reserving anything new, so the caps still hold."""
+    import treegen
+    from treegen.store import RunStore
+
+    result = treegen.run(yesno_seeds, backend="sim", target=5, max_tokens=100_000, out=tmp_path, name="pend",
+                         embedder="hashing", concurrency=1)
+    with RunStore.open(result.run_dir) as store:  # the state a kill mid-request leaves
+        store.insert_call({"created_at": "t", "status": "pending", "attempt": 1, "request_key": "killed",
+                           "parent_node_ids": "[1]", "depth": 1, "strategy": "tree", "reserved_tokens": 5_000,
+                           "reserved_micro": 0, "reserved_prompt_tokens": 100})
+        spent = store.ledger_totals()["tokens"]
+    cap = spent + 5_000 + 1_500  # room for the lost call and about one more request
+    treegen.resume(result.run_dir, max_tokens=cap, target=1_000)
+    with RunStore.open(result.run_dir, readonly=True) as store:
+        assert store.ledger_totals()["tokens"] <= cap
+        assert {c["status"] for c in store.calls() if c["request_key"] == "killed"} == {"lost"}

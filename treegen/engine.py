@@ -133,6 +133,9 @@ class Engine:
         self.http_client = http_client  # a test seam: an httpx client with a MockTransport
         self.fmt = TaskFormat.parse(cfg.task_format)
         self.price = cfg.price
+        # Calls left pending by a crash may have been billed: they become "lost" and count at
+        # their reservation before the ledger is read (else a resume could overspend).
+        store.mark_lost_calls()
         totals = store.ledger_totals()
         self.ledger = Ledger(cfg.caps, spent_micro=totals["micro"], spent_tokens=totals["tokens"],
                              calls=totals["calls"], accepted=totals["accepted"], elapsed_before=totals["elapsed"])
