@@ -16,6 +16,8 @@ SECTIONS = [
     ("REAL: strategies compared on the local model", "real_strategies.md"),
     ("Tokens per example against the paper's prompt", "tokens_vs_paper.md"),
     ("Hot path: rate limiter, near-duplicate index, report page", "hot_path.md"),
+    ("Engine speed: CPU per call, start-up, embedding strategies (stand-in endpoint)", "engine_speed.md"),
+    ("Forecast against actual (treegen plan, SIMULATED)", "forecast.md"),
     ("Soak: caps, kills and faults (SIMULATED)", "soak.md"),
     ("Engine: throughput against the standalone simulator", "engine_throughput.md"),
     ("Engine: local overhead as the tree grows", "engine_overhead.md"),

@@ -79,6 +79,10 @@ def test_money_matches_output_files_and_expired_requests_are_resubmitted_alone(t
             result = asyncio.run(run_batch(store, cfg, KEY))
             calls = store.calls()
             run_id = result.run_id
+            from treegen.reports import run_summary
+
+            # `status` shows Batch against synchronous spend.
+            assert run_summary(store)["spent_by_mode_micro"] == {"batch": result.spent_micro, "sync": 0}
         assert result.status == "completed" and result.accepted >= 150
         assert cfg.price is not None
         # The ledger, the store and the provider's output files agree, at Batch prices.

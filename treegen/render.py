@@ -172,6 +172,9 @@ def render_status(summary: dict[str, Any], by_depth: list[dict[str, Any]], by_st
         ("rejection rate", pct(s["rejection_rate"])),
         ("calls", ", ".join(f"{k} {v}" for k, v in s["calls"].items() if v) or "none"),
         ("spent", usd(s["spent_micro"])),
+        *([("  Batch / synchronous", f"{usd(s['spent_by_mode_micro']['batch'])} / "
+                                     f"{usd(s['spent_by_mode_micro']['sync'])}")]
+          if s.get("spent_by_mode_micro", {}).get("batch") else []),
         ("  of which billing unknown", f"{usd(s['unknown_billing_micro'])} ({pct(s['unknown_billing_share'])})"),
         ("  in flight (reserved)", usd(s["pending_reserved_micro"])),
         ("cost per accepted example", usd(s["cost_per_accepted_micro"])),

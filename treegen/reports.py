@@ -144,6 +144,7 @@ def run_summary(store: RunStore) -> dict[str, Any]:
         "calls": by_status,
         "n_calls": len(calls),
         "spent_micro": spent,
+        "spent_by_mode_micro": store.spent_by_mode(),  # {"batch": ..., "sync": ...}
         "unknown_billing_micro": unknown,
         "unknown_billing_share": _ratio(unknown, spent),
         "pending_reserved_micro": pending_micro,
