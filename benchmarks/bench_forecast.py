@@ -24,6 +24,7 @@ from treegen.forecast import forecast_from_run
 from treegen.store import RunStore
 from treegen.task import example_from_dict
 
+REAL_HEADING = "## REAL"
 SEEDS = [{"question": "Is 12 divisible by 4?", "options": ["True", "False"], "label": "True"},
          {"question": "Is a sparrow a kind of fish?", "options": ["True", "False"], "label": "False"}]
 
@@ -80,7 +81,10 @@ def main() -> None:
         "r + 1000 (separate runs). Range: 95% predictive bootstrap over the pilot's calls with the yield per "
         "call refitted as a function of examples accepted, m0 * (1 + A/pool)^-gamma, half the replicates per "
         "gamma (naive: gamma 1 and 2, expected at their geometric mean; tree/chains: gamma 0, the expected, and "
-        "0.5), widened by the t/normal ratio. Width = (high - low) / expected.", "",
+        "0.5). Floors for small pilots: the acceptance share's spread topped up to its Beta(1+accepted, "
+        "1+rejected) posterior's, completion tokens per call pooled with a prior cv of 0.2 worth 4 calls, at "
+        "least binomial run-to-run spread of accepted per call; calls whole (the last one paid in full, +0.5 "
+        "expected); widened by the t/normal ratio at pilot calls + 4. Width = (high - low) / expected.", "",
         f"**Actual dollars inside the range: {n_in}/{len(rows)} runs ({100 * n_in / len(rows):.0f}%).** "
         f"Calls inside: {sum(r['calls_inside'] for r in rows)}/{len(rows)}. One-sided 95% lower bound on the "
         f"coverage (Clopper-Pearson): {coverage_lower_bound(n_in, len(rows)):.3f}.", "",
@@ -99,7 +103,10 @@ def main() -> None:
         f"{s} {sum(r['inside'] for r in rows if r['strategy'] == s)}/{sum(r['strategy'] == s for r in rows)}"
         for s in args.strategies.split(","))]
     out = Path(__file__).resolve().parent / "results" / "forecast.md"
-    out.write_text("\n".join(lines) + "\n")
+    # The REAL section (local model, run by hand: its commands are in it) is kept as it is.
+    old = out.read_text() if out.exists() else ""
+    real = old[old.index(REAL_HEADING):] if REAL_HEADING in old else ""
+    out.write_text("\n".join(lines) + "\n" + ("\n" + real if real else ""))
     print(out.read_text())
 
 

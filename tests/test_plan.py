@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 import treegen
 from treegen import cli_batch
 from treegen.config import from_options
-from treegen.forecast import (CallSample, YieldCurve, accepted_before, calls_to_reach, calls_to_target,
-                              fit_yield_curves, forecast, t_widen, warn_if_short)
+from treegen.forecast import (CallSample, YieldCurve, acceptance_posterior, accepted_before, calls_to_reach,
+                              calls_to_target, completion_sd, fit_yield_curves, forecast, t_widen, warn_if_short)
 from treegen.prices import load_price_table, price_for
 from treegen.task import example_from_dict
 
@@ -21,23 +21,47 @@ SEEDS = [{"question": "Is 12 divisible by 4?", "options": ["True", "False"], "la
 PRICE = price_for("gpt-4o-mini", load_price_table())
 
 
-def test_constant_pilot_gives_the_exact_figures() -> None:
+def test_constant_pilot_gives_the_exact_expected_figures() -> None:
     samples = [CallSample(100, 200, 5, True, 1.0)] * 8
     fc = forecast(samples, [100, 100], target=50, price=PRICE, concurrency=2)
-    assert fc.calls.expected == fc.calls.low == fc.calls.high == 10
-    assert fc.tokens.expected == 10 * 300
+    # 10 calls of 5, plus half a call: on average the call that reaches the target overshoots it.
+    assert fc.calls.expected == 10.5
+    assert fc.calls.low == 10  # never fewer than target / k
+    assert fc.tokens.expected == 10.5 * 300
     assert PRICE is not None
-    assert fc.usd.expected == pytest.approx(10 * (100 * PRICE.input + 200 * PRICE.output) / 1e12)
-    assert fc.batch_usd.expected == pytest.approx(10 * (100 * PRICE.batch_input + 200 * PRICE.batch_output) / 1e12)
-    assert fc.seconds.expected == pytest.approx(10 * 1.0 / 2)
+    assert fc.usd.expected == pytest.approx(10.5 * (100 * PRICE.input + 200 * PRICE.output) / 1e12)
+    assert fc.batch_usd.expected == pytest.approx(10.5 * (100 * PRICE.batch_input + 200 * PRICE.batch_output) / 1e12)
+    assert fc.seconds.expected == pytest.approx(10.5 * 1.0 / 2)
+
+
+def test_a_zero_variance_small_pilot_still_gives_a_range() -> None:
+    # Three identical calls, every candidate accepted (the REAL 3-call pilot that collapsed).
+    samples = [CallSample(77, 160, 5, True, 6.0)] * 3
+    fc = forecast(samples, [77], target=30, price=PRICE, k=5)
+    assert fc.calls.low == 6 and fc.calls.high >= 8  # 15/15 accepted is not certainty
+    assert fc.usd.low < 0.9 * fc.usd.expected and fc.usd.high > 1.2 * fc.usd.expected
+    assert fc.tokens.low < fc.tokens.expected < fc.tokens.high
+
+
+def test_the_floors_shrink_as_the_pilot_grows() -> None:
+    def width(n: int) -> float:
+        fc = forecast([CallSample(77, 160, 5, True, 6.0)] * n, [77], target=30, price=PRICE, k=5)
+        return (fc.usd.high - fc.usd.low) / fc.usd.expected
+
+    widths = [width(n) for n in (3, 12, 60)]
+    assert widths[0] > widths[1] > widths[2] > 0
+    assert completion_sd([100.0] * 3) > completion_sd([100.0] * 30) > 0  # the prior's weight fades
+    assert completion_sd([50.0, 150.0] * 50) == pytest.approx(50.0, rel=0.05)  # the pilot's own spread wins
+    a, b = acceptance_posterior(15, 15)
+    assert (a, b) == (16.0, 1.0) and a / (a + b) < 1.0
 
 
 def test_rate_limits_bound_the_wall_time() -> None:
     samples = [CallSample(100, 200, 5, True, 0.1)] * 8
     fc = forecast(samples, [100], target=50, price=PRICE, concurrency=8, rpm=60)
-    assert fc.seconds.expected == pytest.approx(10.0)  # 10 calls at one a second
+    assert fc.seconds.expected == pytest.approx(10.5)  # 10.5 calls at one a second
     fc = forecast(samples, [100], target=50, price=PRICE, concurrency=8, tpm=600)
-    assert fc.seconds.expected == pytest.approx(300.0)  # 3,000 tokens at 600 a minute
+    assert fc.seconds.expected == pytest.approx(315.0)  # 3,150 tokens at 600 a minute
 
 
 def test_spread_gives_a_range_that_narrows_with_a_bigger_pilot() -> None:
@@ -103,7 +127,7 @@ def test_a_saturating_pilot_forecasts_more_calls_than_its_mean_suggests() -> Non
     assert naive.calls.expected > 2 * 300 / mean
     assert naive.curve is not None and naive.curve.gamma == 2.0 and naive.curve.pool < 100
     # Moving context: the no-decline figure is expected; the pilot's decline widens the high end.
-    assert moving.calls.expected == pytest.approx(300 / mean)
+    assert moving.calls.expected == pytest.approx(300 / mean + 0.5)
     assert moving.calls.high > 2 * moving.calls.expected
     assert moving.calls.low <= moving.calls.expected <= moving.calls.high
     assert naive.to_dict()["yield_curve"]["gamma"] == 2.0

@@ -16,8 +16,15 @@ decline (gamma 0.5) widening the high end.
 The range is predictive, not only a confidence interval on the mean: each bootstrap replicate
 resamples the pilot's calls and refits the curve (parameter uncertainty, half the replicates per
 gamma), then adds the run's own randomness (calls vary by cv * sqrt(calls)); the 2.5th and
-97.5th percentiles are widened by the Student-t to normal quantile ratio for the pilot's size,
-so a pilot of a handful of calls gives an honestly wide range.
+97.5th percentiles are widened by the Student-t to normal quantile ratio for the pilot's size
+(plus the priors' pseudo-calls).
+
+A pilot of a few identical calls resamples to no spread at all, so the spread has floors that
+fade as the pilot grows: the acceptance share gets at least the spread of its Beta(1 + accepted,
+1 + rejected) posterior (15/15 accepted is not certainty); completion tokens per call are pooled
+with a prior spread (cv 0.2, worth 4 calls) and vary over the run's own calls; accepted per call
+vary at least binomially. Calls are whole (the last is paid in full; +0.5 on the expected) and
+never fewer than target / k.
 
 Everything here but ``forecast_from_run`` and ``run_pilot`` is a pure function.
 """
@@ -242,11 +249,23 @@ def forecast(samples: Sequence[CallSample], prompt_tokens: Sequence[int], target
         calls[rows] = calls_to_reach(m0, pool, gamma, target)
     a_res = acc[idx]
     mean_a = a_res.mean(axis=1)
+    # A few identical pilot calls resample to zero spread; the acceptance share gets the spread
+    # of its Beta posterior where the bootstrap shows less (15/15 accepted is not certainty).
+    candidates = max(float(k) * n, float(acc.sum()), 1.0)
+    level = acceptance_level_factor(float(acc.sum()), candidates, mean_a / max(k, 1), rng)
+    calls = calls / level
+    share = np.clip(acc.sum() / candidates * level, 1e-6, 1.0)
+    # Run randomness: at least binomial spread of accepted per call (k candidates at that share).
+    cv_floor = np.sqrt((1.0 - share) / (max(k, 1) * share))
     cv = np.where(mean_a > 0, a_res.std(axis=1) / np.maximum(mean_a, 1e-12), 1.0)
+    cv = np.maximum(cv, cv_floor)
     calls = np.maximum(1.0, calls + rng.standard_normal(replicates) * cv * np.sqrt(calls))
+    # The call that reaches the target is paid whole: calls come in whole numbers.
+    calls = np.ceil(calls - 1e-9)
     p_mean = prompts[rng.integers(0, len(prompts), size=(replicates, len(prompts)))].mean(axis=1)
     b_share = billed[idx].mean(axis=1)
-    arr = summarise(calls, calls * b_share * p_mean, calls * comp[idx].mean(axis=1), secs[idx].mean(axis=1))
+    comp_mean = completion_means(comp, comp[idx].mean(axis=1), calls, rng)
+    arr = summarise(calls, calls * b_share * p_mean, calls * comp_mean, secs[idx].mean(axis=1))
     # The expected values: the curve fitted on the whole pilot, no resampling.
     curves = [YieldCurve(float(m[0]), float(p[0]), gamma)
               for gamma in gammas for m, p in [fit_yield_curves(acc[None, :], before[None, :], gamma)]]
@@ -256,9 +275,13 @@ def forecast(samples: Sequence[CallSample], prompt_tokens: Sequence[int], target
     else:  # moving context: no decline expected (the runs outgrow the pilot's repeats)
         curve = curves[0]
         calls_e = curve.calls_to(target)
+    # On average the last call overshoots the target by half a call, and it is paid in full.
+    calls_e = min(calls_e + 0.5, MAX_CALLS)
     exp = summarise(np.array([calls_e]), np.array([calls_e * billed.mean() * prompts.mean()]),
                     np.array([calls_e * comp.mean()]), np.array([secs.mean()]))[0]
-    widen = t_widen(n)
+    # The priors above count as pilot calls for the small-sample widening (they already floor
+    # the spread a handful of calls cannot show).
+    widen = t_widen(n + int(COMPLETION_PRIOR_CALLS))
 
     def interval(col: int) -> Interval:
         e = float(exp[col])
@@ -268,10 +291,72 @@ def forecast(samples: Sequence[CallSample], prompt_tokens: Sequence[int], target
         return Interval(e, max(0.0, e - (e - lo) * widen), e + (hi - e) * widen)
 
     calls_i = interval(0)
+    if k > 0:  # no call accepts more than the k it asks for
+        least = float(math.ceil(target / k))
+        calls_i = Interval(calls_i.expected, max(calls_i.low, min(least, calls_i.expected)), calls_i.high)
     waves = _waves(calls_e, tree_like, batch_wave, k, target)
     return Forecast(target=target, pilot_calls=n, calls=calls_i, tokens=interval(1), usd=interval(2),
                     seconds=interval(4), batch_usd=interval(3), batch_seconds_max=waves * DAY_S, waves=waves,
                     widen=widen, curve=curve)
+
+
+# Prior pseudo-observations on the share of candidates accepted: Beta(1, 1), uniform. Two
+# candidates' worth: negligible against a pilot of dozens of calls, decisive against three.
+ACCEPT_PRIOR = (1.0, 1.0)
+# Prior on completion tokens per call: a coefficient of variation of 0.2, worth 4 calls. Real
+# small models vary more from call to call than a 3-call pilot shows (REAL rows in
+# benchmarks/results/forecast.md); the pilot's own spread takes over as it grows.
+COMPLETION_PRIOR_CV = 0.2
+COMPLETION_PRIOR_CALLS = 4.0
+
+
+def acceptance_posterior(accepted: float, candidates: float,
+                         prior: tuple[float, float] = ACCEPT_PRIOR) -> tuple[float, float]:
+    """Beta posterior (a, b) of the share of candidates accepted."""
+    accepted = min(max(accepted, 0.0), candidates)
+    return prior[0] + accepted, prior[1] + candidates - accepted
+
+
+def acceptance_level_factor(accepted: float, candidates: float, resampled_share: np.ndarray,
+                            rng: np.random.Generator) -> np.ndarray:
+    """Per replicate, a multiplier on the yield (1 on average) that tops the bootstrap's spread
+    of the acceptance share up to the Beta posterior's, where the bootstrap shows less (a pilot
+    of identical calls shows none). Shape of the Beta draw kept; only the missing variance added."""
+    a, b = acceptance_posterior(accepted, candidates)
+    draw = rng.beta(a, b, size=len(resampled_share))
+    post_mean = a / (a + b)
+    post_var = a * b / ((a + b) ** 2 * (a + b + 1.0))
+    boot_var = float(np.var(resampled_share))
+    missing = max(0.0, 1.0 - boot_var / post_var) if post_var > 0 else 0.0
+    # The draw's relative deviation, scaled so its variance is the missing part only.
+    return np.maximum(1.0 + (draw - post_mean) / post_mean * math.sqrt(missing), 1e-3)
+
+
+def completion_sd(completion: ArrayLike, prior_cv: float = COMPLETION_PRIOR_CV,
+                  prior_calls: float = COMPLETION_PRIOR_CALLS) -> float:
+    """Completion tokens per call: the pilot's standard deviation pooled with a prior one
+    (``prior_cv`` x the pilot's mean, worth ``prior_calls`` calls). A floor for small pilots
+    that the pilot's own spread outweighs as it grows."""
+    c = np.asarray(completion, dtype=float)
+    if len(c) == 0:
+        return 0.0
+    mean = float(c.mean())
+    ss = float(((c - mean) ** 2).sum())
+    return math.sqrt((prior_calls * (prior_cv * mean) ** 2 + ss) / (prior_calls + max(len(c) - 1, 0)))
+
+
+def completion_means(completion: ArrayLike, resampled_means: np.ndarray, calls: np.ndarray,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Per replicate, the mean completion tokens per call over the run: the bootstrap's mean,
+    topped up to the pooled sd's uncertainty of the pilot mean (sd^2/n) where the bootstrap shows
+    less, plus the run's own averaging over its ``calls`` (sd^2/calls)."""
+    c = np.asarray(completion, dtype=float)
+    if len(c) == 0:
+        return resampled_means
+    sd = completion_sd(c)
+    missing = max(0.0, sd ** 2 / len(c) - float(np.var(resampled_means)))
+    var = missing + sd ** 2 / np.maximum(calls, 1.0)
+    return np.maximum(0.0, resampled_means + rng.standard_normal(len(resampled_means)) * np.sqrt(var))
 
 
 def _waves(calls: float, tree_like: bool, batch_wave: int, k: int, target: int) -> int:

@@ -488,8 +488,12 @@ class RunStore:
             if mark_simulated:
                 c.execute("update runs set simulated = 1")
             self._update_call(c, call_id, call_fields)
-            for row in nodes:
-                ids.append(int(c.execute(_INSERT_NODE, [row[k] for k in NODE_COLUMNS]).lastrowid or 0))
+            if nodes:
+                # One statement for all the nodes: rowids of an INTEGER PRIMARY KEY table are
+                # max + 1 each, and this transaction holds the only writer.
+                last = int(c.execute("select coalesce(max(id), 0) from nodes").fetchone()[0])
+                c.executemany(_INSERT_NODE, [[row[k] for k in NODE_COLUMNS] for row in nodes])
+                ids = list(range(last + 1, last + 1 + len(nodes)))
             c.executemany("update nodes set expanded = coalesce(expanded, 0) + 1 where id = ?",
                           [(i,) for i in expanded_ids])
             c.execute("update runs set updated_at = ?", [utcnow()])

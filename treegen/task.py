@@ -119,10 +119,14 @@ def normalise_text(text: str | None) -> str:
     """Lower case, accents folded, punctuation dropped, white space collapsed."""
     if not text:
         return ""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(ch for ch in text if not unicodedata.combining(ch))
-    text = re.sub(r"[^\w\s]", " ", text.lower())
+    if not text.isascii():  # ASCII has no accents to fold: most texts skip this (hot path)
+        text = unicodedata.normalize("NFKD", text)
+        text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    text = _NOT_WORD.sub(" ", text.lower())
     return " ".join(text.split())
+
+
+_NOT_WORD = re.compile(r"[^\w\s]")
 
 
 def dedup_key(example: Example) -> str:
