@@ -46,6 +46,7 @@ class Decision:
     raw: str | None  # what the model wrote, kept for rejected candidates
     cost_share_micro: int
     novelty: float | None
+    key: str | None = None  # the dedup key, computed once in screen
 
 
 @dataclass(frozen=True)
@@ -115,5 +116,5 @@ def judge(screened: Sequence[Screened], similarities: dict[int, float], ctx: Jud
             reason = OVER_TARGET  # valid, but the reply gave more than the target allows
         ok = reason is None
         accepted += ok
-        out.append(Decision(s.example, ok, reason, None if ok else s.candidate.raw, shares[i], novelty))
+        out.append(Decision(s.example, ok, reason, None if ok else s.candidate.raw, shares[i], novelty, s.key))
     return out

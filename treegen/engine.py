@@ -581,7 +581,7 @@ class Engine:
         rows = [
             node_row(d.example, parent_id=parent.id, root_id=parent.root_id, depth=job.depth, call_id=call_id,
                      strategy=self.cfg.strategy, status=NodeStatus.ACCEPTED if d.accepted else NodeStatus.REJECTED,
-                     reason=d.reason, raw=d.raw, cost_share=d.cost_share_micro, novelty=d.novelty)
+                     reason=d.reason, raw=d.raw, cost_share=d.cost_share_micro, novelty=d.novelty, key=d.key)
             for d in decisions
         ]
         if not decisions:
@@ -598,7 +598,7 @@ class Engine:
         accepted_vecs = []
         for i, (d, nid, row) in enumerate(zip(decisions, ids, rows)):
             if d.accepted and d.example is not None:
-                self.seen_keys.add(dedup_key(d.example))
+                self.seen_keys.add(d.key or dedup_key(d.example))
                 infos.append(NodeInfo(nid, job.depth, parent.root_id, d.example, 0, row["novelty"]))
                 if i in vec_of:
                     accepted_vecs.append(vec_of[i])
