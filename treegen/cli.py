@@ -32,7 +32,21 @@ def _stdout_console() -> Any:
     return Console(highlight=False)
 
 
-class _TreegenGroup(TyperGroup):
+class _UncutGroup(TyperGroup):
+    """A command list that gives each command's first sentence in full, folded, never cut."""
+
+    def format_commands(self, ctx, formatter):  # type: ignore[no-untyped-def]
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class _TreegenGroup(_UncutGroup):
     """Every TreegenError becomes its message on stderr and its exit code (2 for bad input)."""
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
@@ -126,7 +140,7 @@ def _execute(store: Any, cfg: Any, quiet: bool) -> None:
 
 @app.command()
 def run(
-    seeds: Optional[Path] = typer.Argument(None, help="JSONL file of seed examples (one is enough)."),
+    seeds: Optional[Path] = typer.Argument(None, metavar="SEEDS", help="JSONL file of seed examples (one is enough)."),
     seeds_from: Optional[str] = typer.Option(None, "--seeds-from", help="Draw the seeds from a dataset's training split instead, e.g. csqa."),
     n_seeds: int = typer.Option(1, "--n", help="With --seeds-from: how many seeds."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="With --seeds-from: datasets folder (default $TREEGEN_DATA_DIR or ../shared/datasets)."),
@@ -198,7 +212,7 @@ def run(
 
 @app.command()
 def resume(
-    run_dir: Path = typer.Argument(..., help="The run folder."),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="The run folder."),
     budget: Optional[str] = typer.Option(None, "--budget", help="A budget profile by name or path."),
     max_usd: Optional[float] = typer.Option(None, "--max-usd", help="New dollar cap (total for the run, raise it to go on)."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="New token cap."),
@@ -226,6 +240,9 @@ def _register_areas() -> None:
 
     for module in (cli_reports, cli_sim, cli_students, cli_metrics, cli_batch):
         module.register(app)
+    for group in app.registered_groups:  # sub-commands list their help uncut too
+        if group.typer_instance is not None:
+            group.typer_instance.info.cls = _UncutGroup
 
 
 _register_areas()

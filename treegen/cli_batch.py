@@ -20,7 +20,7 @@ def _console() -> Any:
 
 
 def batches_cmd(
-    run_dir: Path = typer.Argument(..., help="The run folder."),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="The run folder."),
     cancel: bool = typer.Option(False, "--cancel", help="Cancel the batches in flight; their reservations are "
                                                         "released once the provider confirms."),
     wait: float = typer.Option(60.0, "--wait", help="--cancel: seconds to wait for the provider's confirmation."),
@@ -70,7 +70,7 @@ def batches_cmd(
 
 
 def plan_cmd(
-    seeds: Path = typer.Argument(..., help="JSONL file of seed examples."),
+    seeds: Path = typer.Argument(..., metavar="SEEDS", help="JSONL file of seed examples."),
     target: int = typer.Option(..., "--target", help="Accepted examples to reach."),
     pilot_calls: Optional[int] = typer.Option(None, "--pilot-calls", help="Run a pilot of M real calls (capped, "
                                               "recorded in a run folder under --out) to measure the model."),

@@ -147,7 +147,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("metrics", help=_HELP)
     def metrics_command(
-        path: Path = typer.Argument(..., help="A run folder (runs/<run-id>), its treegen.db, or a JSONL file."),
+        path: Path = typer.Argument(..., metavar="PATH", help="A run folder (runs/<run-id>), its treegen.db, or a JSONL file."),
         reference: Optional[str] = typer.Option(None, "--reference", help="Reference task: csqa, creak, boolq_close, ..."),
         reference_file: Optional[Path] = typer.Option(None, "--reference-file", help="Human examples (JSONL) to compare with."),
         data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder (default: $TREEGEN_DATA_DIR or ../shared/datasets)."),

@@ -34,7 +34,7 @@ def _open(run: Path) -> "RunStore":
 
 
 def runs(
-    folder: Path = typer.Argument(Path("runs"), help="Folder holding run folders (default runs/)."),
+    folder: Path = typer.Argument(Path("runs"), metavar="FOLDER", help="Folder holding run folders (default runs/)."),
     as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
 ) -> None:
     """List the runs in FOLDER: id, status, strategy, model, accepted, spent, simulated."""
@@ -59,7 +59,7 @@ def runs(
 
 
 def status(
-    run: Path = typer.Argument(..., help="Run folder (runs/<run-id>) or its treegen.db."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run folder (runs/<run-id>) or its treegen.db."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary (with by_depth and by_strategy) as JSON."),
 ) -> None:
     """Show what a run made and spent, computed from its database."""
@@ -75,7 +75,7 @@ def status(
 
 
 def export(
-    run: Path = typer.Argument(..., help="Run folder (runs/<run-id>) or its treegen.db."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run folder (runs/<run-id>) or its treegen.db."),
     out: Optional[str] = typer.Option(None, "--output", "-o",
                                       help="File (.jsonl, .csv, .parquet), folder (Hugging Face dataset), or - for JSONL on stdout."),
     fmt: Optional[str] = typer.Option(None, "--format", help=f"One of {', '.join(EXPORT_FORMATS)} (default: from the extension)."),
@@ -111,8 +111,8 @@ def export(
 
 
 def lineage(
-    run: Path = typer.Argument(..., help="Run folder (runs/<run-id>) or its treegen.db."),
-    out: Path = typer.Argument(..., help="GraphML file to write."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run folder (runs/<run-id>) or its treegen.db."),
+    out: Path = typer.Argument(..., metavar="OUT", help="GraphML file to write."),
     accepted_only: bool = typer.Option(False, "--accepted-only", help="Leave the rejected candidates out."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ) -> None:
@@ -125,7 +125,7 @@ def lineage(
 
 
 def report(
-    run_paths: List[Path] = typer.Argument(..., help="One or more run folders (or their treegen.db)."),
+    run_paths: List[Path] = typer.Argument(..., metavar="RUN...", help="One or more run folders (or their treegen.db)."),
     out: Path = typer.Option(Path("report.html"), "--output", "-o", help="HTML file to write."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ) -> None:
@@ -140,7 +140,7 @@ def report(
 
 
 def prices(
-    model: Optional[str] = typer.Argument(None, help="Show the price of this model only."),
+    model: Optional[str] = typer.Argument(None, metavar="MODEL", help="Show the price of this model only."),
     table_file: Optional[str] = typer.Option(None, "--prices-file", help="Price table name or path (default budgets/prices.toml)."),
     as_json: bool = typer.Option(False, "--json", help="Print the prices (micro-dollars per 1M tokens) as JSON."),
 ) -> None:

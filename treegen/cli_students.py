@@ -156,7 +156,7 @@ def data_fetch(
 
 
 def train_cmd(
-    run: Optional[Path] = typer.Argument(None, help="Run folder to train on (its accepted examples)."),
+    run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run folder to train on (its accepted examples)."),
     student: Optional[str] = typer.Option(None, "--student", "-s",
                                           help=STUDENT_HELP + " Default: minilm-frozen (the best that trains in minutes on a CPU)."),
     task: Optional[str] = typer.Option(None, "--task", help="Task the student is for (dev split for model selection)."),
@@ -228,7 +228,7 @@ def _results_table(rows: list[dict], title: str) -> Any:
 
 
 def eval_cmd(
-    run: Path = typer.Argument(..., help="Run folder (or a --out folder of `treegen train`)."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run folder (or a --out folder of `treegen train`)."),
     task: str = typer.Option(..., "--task", help="ID task; OOD = the other tasks of its group."),
     student: Optional[str] = typer.Option(None, "--student", "-s", help=STUDENT_HELP + " Default: every trained one (minilm-frozen if none)."),
     seed: int = typer.Option(0, "--seed", help="Seed used if a student has to be trained first."),
@@ -280,7 +280,7 @@ def eval_cmd(
 
 
 def compare_cmd(
-    runs: list[Path] = typer.Argument(..., help="Run folders to compare."),
+    runs: list[Path] = typer.Argument(..., metavar="RUN...", help="Run folders to compare."),
     task: str = typer.Option(..., "--task", help="ID task."),
     student: str = typer.Option("lexical", "--student", "-s", help=STUDENT_HELP),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated training seeds, e.g. 0,1,2."),

@@ -24,7 +24,7 @@ fade as the pilot grows: the acceptance share gets at least the spread of its Be
 1 + rejected) posterior (15/15 accepted is not certainty); completion tokens per call are pooled
 with a prior spread (cv 0.2, worth 4 calls) and vary over the run's own calls; accepted per call
 vary at least binomially. Calls are whole (the last is paid in full; +0.5 on the expected) and
-never fewer than target / k.
+the low end is not under target / k (k asked per call; more if the pilot saw more).
 
 Everything here but ``forecast_from_run`` and ``run_pilot`` is a pure function.
 """
@@ -291,8 +291,9 @@ def forecast(samples: Sequence[CallSample], prompt_tokens: Sequence[int], target
         return Interval(e, max(0.0, e - (e - lo) * widen), e + (hi - e) * widen)
 
     calls_i = interval(0)
-    if k > 0:  # no call accepts more than the k it asks for
-        least = float(math.ceil(target / k))
+    most = max(float(k), float(acc.max()))
+    if most > 0:  # fewer calls would need replies with more examples than asked for (or seen)
+        least = float(math.ceil(target / most))
         calls_i = Interval(calls_i.expected, max(calls_i.low, min(least, calls_i.expected)), calls_i.high)
     waves = _waves(calls_e, tree_like, batch_wave, k, target)
     return Forecast(target=target, pilot_calls=n, calls=calls_i, tokens=interval(1), usd=interval(2),
