@@ -162,11 +162,7 @@ class BatchEngine(Engine):
         self._api = openai.AsyncOpenAI(base_url=self.base_url or OPENAI_BASE_URL,
                                        api_key=self.api_key or "not-needed", max_retries=2,
                                        timeout=self.cfg.timeout, http_client=self.http_client)
-        self._stopped = asyncio.Event()
-        self._settled = asyncio.Event()
-        self._turns = asyncio.Condition()
-        self.store.mark_lost_calls()
-        self.store.set_status(RunStatus.RUNNING, None)
+        self._begin()
         try:
             await self._recover()
             if self.collect_only:

@@ -290,6 +290,13 @@ RUN_OPTIONS = {
 }
 
 
+# What the local backend sets when the caller did not: llama.cpp's server answers one request
+# at a time (more in flight only queue and time out); a 1,024-token reply at ~10 tokens/s on
+# busy cores outlasts 60 s; its dialect is known, so the refused json_schema call is skipped.
+LOCAL_DEFAULTS: dict[str, Any] = {"concurrency": 1, "timeout": 300.0, "structured": "json_object"}
+LOCAL_MODEL_NAME = "smollm2-135m-instruct-q4_1"
+
+
 def from_options(task_format: str, options: dict[str, Any], api_key: str | None = None) -> RunConfig:
     """A validated RunConfig from options named like the CLI flags (Python style).
 
@@ -301,69 +308,20 @@ def from_options(task_format: str, options: dict[str, Any], api_key: str | None 
     if unknown:
         raise InputError(f"Unknown option(s): {', '.join(unknown)}. Known: {', '.join(sorted(RUN_OPTIONS))}.")
     preset = resolve_strategy(options.get("strategy") or DEFAULTS["strategy"])
+    backend = options.get("backend") or preset.get("backend") or DEFAULTS["backend"]
+    if backend == "local":
+        options = {**{k: v for k, v in LOCAL_DEFAULTS.items()}, **{k: v for k, v in options.items() if v is not None}}
 
     def pick(key: str) -> Any:
         if options.get(key) is not None:
             return options[key]
         return preset.get(key, DEFAULTS.get(key))
 
-    flags = dict(options)
-    if flags.get("max_depth") is None and preset.get("max_depth") is not None:
-        flags["max_depth"] = preset["max_depth"]
-    caps = caps_from_options(flags)
-    backend = pick("backend")
-    base_url = options.get("base_url")
-    if base_url is not None:
-        base_url = validate_base_url(base_url)
-    if backend == "openai" and not api_key and not base_url:
-        raise ConfigError(
-            "No API key found: set OPENAI_API_KEY (export OPENAI_API_KEY=sk-...), or point --base-url at a "
-            "local OpenAI-compatible server, or run offline with --backend sim, or on the embedded local "
-            "model with --backend local."
-        )
-    model = pick("model")
-    local = None
-    if backend == "local":
-        local = LocalSettings(model_path=options.get("local_model"), threads=options.get("local_threads"),
-                              n_ctx=options.get("local_n_ctx") or 2048, served_name=options.get("local_name"))
-        if options.get("model") is None:
-            model = local.served_name or "smollm2-135m-instruct-q4_1"
-        base_url = None
-        # llama.cpp's server answers one request at a time (a lock around the model): more in
-        # flight only queue up behind it and run into the timeout.
-        if options.get("concurrency") is None:
-            options = {**options, "concurrency": 1}
-        # A 1,024-token reply at ~10 tokens/s on busy cores outlasts the 60 s default.
-        if options.get("timeout") is None:
-            options = {**options, "timeout": 300.0}
-        # Its dialect is known: skip the refused json_schema call that auto would make.
-        if options.get("structured") is None:
-            options = {**options, "structured": "json_object"}
-    price = None
-    if backend == "local" and not options.get("prices"):
-        if caps.max_usd_micro is not None:
-            raise ConfigError(
-                "A dollar cap on the local model needs a price: local tokens cost nothing unless you say so. "
-                "Pass --prices input=...,output=... (dollars per 1M tokens), or cap with --max-tokens, "
-                "--max-calls, --target or --max-seconds."
-            )
-    else:
-        price = resolve_price(model, options.get("prices"), options.get("price_table"),
-                              needed=caps.max_usd_micro is not None)
-    sim = None
-    if backend == "sim":
-        if options.get("sim") is not None:
-            sim = options["sim"] if isinstance(options["sim"], SimSettings) else SimSettings.from_dict(options["sim"])
-        else:
-            pool = options.get("sim_pool")
-            if pool is not None:
-                from treegen.task import load_examples
-
-                load_examples(pool)  # a bad pool is bad input: refuse it now
-            sim = SimSettings(pool_path=str(pool) if pool else None,
-                              latency_ms=float(options.get("sim_latency_ms") or 0.0),
-                              error_rate=float(options.get("sim_error_rate") or 0.0), seed=int(pick("seed")))
-        base_url = None
+    caps = caps_from_options({**options, "max_depth": pick("max_depth") if options.get("max_depth") is None
+                              else options["max_depth"]})
+    base_url = _base_url(backend, options.get("base_url"), api_key)
+    local = _local_settings(options) if backend == "local" else None
+    model = options.get("model") or (local.served_name or LOCAL_MODEL_NAME if local else pick("model"))
     cfg = RunConfig(
         task_format=task_format, strategy=preset["strategy"], model=model, backend=backend, base_url=base_url,
         k=pick("k"), temperature=pick("temperature"), top_p=pick("top_p"),
@@ -371,8 +329,9 @@ def from_options(task_format: str, options: dict[str, Any], api_key: str | None 
         tpm=pick("tpm"), timeout=float(pick("timeout")), max_retries=pick("max_retries"), seed=pick("seed"),
         branching=pick("branching"), chains=pick("chains"), embedder=pick("embedder"), near_dup=pick("near_dup"),
         structured=pick("structured"), expand_retries=pick("expand_retries"), batch=bool(pick("batch")),
-        batch_wave=pick("batch_wave"),
-        task_description=options.get("task_description"), caps=caps, price=price, sim=sim, local=local,
+        batch_wave=pick("batch_wave"), task_description=options.get("task_description"), caps=caps,
+        price=_price(backend, model, options, caps), local=local,
+        sim=_sim_settings(options, int(pick("seed"))) if backend == "sim" else None,
         seeds_source=options.get("seeds_source"), seeds_from=options.get("seeds_from"),
     )
     from treegen.embedders import EMBEDDERS
@@ -381,6 +340,50 @@ def from_options(task_format: str, options: dict[str, Any], api_key: str | None 
         raise ConfigError(f"Unknown embedder {cfg.embedder!r}. Choose one of: {', '.join(EMBEDDERS)}.")
     validate_config(cfg)
     return cfg
+
+
+def _base_url(backend: str, given: str | None, api_key: str | None) -> str | None:
+    """The server address of an ``openai`` backend (the others start their own)."""
+    url = validate_base_url(given) if given is not None else None
+    if backend == "openai" and not api_key and not url:
+        raise ConfigError(
+            "No API key found: set OPENAI_API_KEY (export OPENAI_API_KEY=sk-...), or point --base-url at a "
+            "local OpenAI-compatible server, or run offline with --backend sim, or on the embedded local "
+            "model with --backend local."
+        )
+    return url if backend == "openai" else None
+
+
+def _local_settings(options: dict[str, Any]) -> LocalSettings:
+    return LocalSettings(model_path=options.get("local_model"), threads=options.get("local_threads"),
+                         n_ctx=options.get("local_n_ctx") or 2048, served_name=options.get("local_name"))
+
+
+def _price(backend: str, model: str, options: dict[str, Any], caps: Caps) -> ModelPrice | None:
+    """The run's price: ``--prices``, else the table (needed for a dollar cap). Local tokens
+    cost nothing unless priced, so a dollar cap on an unpriced local model is refused."""
+    if backend == "local" and not options.get("prices"):
+        if caps.max_usd_micro is not None:
+            raise ConfigError(
+                "A dollar cap on the local model needs a price: local tokens cost nothing unless you say so. "
+                "Pass --prices input=...,output=... (dollars per 1M tokens), or cap with --max-tokens, "
+                "--max-calls, --target or --max-seconds."
+            )
+        return None
+    return resolve_price(model, options.get("prices"), options.get("price_table"), needed=caps.max_usd_micro is not None)
+
+
+def _sim_settings(options: dict[str, Any], seed: int) -> SimSettings:
+    given = options.get("sim")
+    if given is not None:
+        return given if isinstance(given, SimSettings) else SimSettings.from_dict(given)
+    pool = options.get("sim_pool")
+    if pool is not None:
+        from treegen.task import load_examples
+
+        load_examples(pool)  # a bad pool is bad input: refuse it now
+    return SimSettings(pool_path=str(pool) if pool else None, latency_ms=float(options.get("sim_latency_ms") or 0.0),
+                       error_rate=float(options.get("sim_error_rate") or 0.0), seed=seed)
 
 
 def apply_resume_options(cfg: RunConfig, options: dict[str, Any]) -> RunConfig:

@@ -658,14 +658,18 @@ class Engine:
             t.cancel()
 
     # ---- the loop ---------------------------------------------------------------------
-    async def run(self) -> RunResult:
-        self._client = ChatClient(self.base_url, self.api_key or "not-needed", self.cfg.model,
-                                  timeout=self.cfg.timeout, http_client=self.http_client)
+    def _begin(self) -> None:
+        """A session starts: its events, calls a crash left pending counted, the run running."""
         self._stopped = asyncio.Event()
         self._settled = asyncio.Event()
         self._turns = asyncio.Condition()
         self.store.mark_lost_calls()
         self.store.set_status(RunStatus.RUNNING, None)
+
+    async def run(self) -> RunResult:
+        self._client = ChatClient(self.base_url, self.api_key or "not-needed", self.cfg.model,
+                                  timeout=self.cfg.timeout, http_client=self.http_client)
+        self._begin()
         try:
             await self._loop()
         finally:
