@@ -392,9 +392,27 @@ class BatchEngine(Engine):
     async def _record_files(self, batch: Any, requests: Sequence[_Batched]) -> None:
         """Every request of the batch, in request order (the engine's reorder buffer): its
         output line, its error line, or none (never run)."""
-        assert self._api is not None
         by_id = {r.custom_id: r for r in requests}
         still = {c["custom_id"] for c in self.store.batched_calls() if c["custom_id"] in by_id}
+        lines = await self._read_lines(batch)
+        detail = _failure_detail(batch)
+        for r in sorted(requests, key=lambda r: r.req.seq):
+            if r.custom_id not in still:
+                continue  # recorded before a crash
+            item = lines.get(r.custom_id)
+            if item is not None:
+                await self._record_line(r, item)
+            else:
+                await self._record_missing(r, batch, detail)
+        if batch.status == "failed":
+            self.fatal = f"the provider refused batch {batch.id} ({detail}); this is a treegen bug, please report it"
+            self._stop(RunStatus.FAILED, self.fatal)
+        if batch.status == "cancelled":
+            self._stop(RunStatus.INTERRUPTED, f"batch {batch.id} was cancelled; continue with `treegen resume`")
+
+    async def _read_lines(self, batch: Any) -> dict[str, dict[str, Any]]:
+        """The output and error files' lines by custom_id (the first line of each wins)."""
+        assert self._api is not None
         lines: dict[str, dict[str, Any]] = {}
         for file_id in (batch.output_file_id, batch.error_file_id):
             if not file_id:
@@ -404,52 +422,46 @@ class BatchEngine(Engine):
                 if line.strip():
                     item = json.loads(line)
                     lines.setdefault(str(item.get("custom_id")), item)
-        detail = ""
+        return lines
+
+    async def _record_missing(self, r: _Batched, batch: Any, detail: str) -> None:
+        """A request with no line: the batch failed validation, expired, or stopped first."""
         if batch.status == "failed":
-            errors = getattr(batch, "errors", None)
-            data = (errors.data or []) if errors is not None else []
-            detail = "; ".join(f"line {e.line}: {e.message}" for e in data)
-        for r in sorted(requests, key=lambda r: r.req.seq):
-            if r.custom_id not in still:
-                continue  # recorded before a crash
-            item = lines.get(r.custom_id)
-            if item is not None:
-                await self._record_line(r, item)
-            elif batch.status == "failed":
-                await self._record_error(r, None, f"batch {batch.id} failed validation: {detail}", retry=False)
-            elif batch.status == "expired":
-                await self._record_error(r, None, "batch_expired: not run before the completion window ended",
-                                         retry=True)
-            else:
-                await self._record_error(r, None, f"not run: batch {batch.id} was {batch.status}", retry=False,
-                                         finish=False)
-        if batch.status == "failed":
-            self.fatal = f"the provider refused batch {batch.id} ({detail}); this is a treegen bug, please report it"
-            self._stop(RunStatus.FAILED, self.fatal)
-        if batch.status == "cancelled":
-            self._stop(RunStatus.INTERRUPTED, f"batch {batch.id} was cancelled; continue with `treegen resume`")
+            await self._record_error(r, None, f"batch {batch.id} failed validation: {detail}", retry=False)
+        elif batch.status == "expired":
+            await self._record_error(r, None, "batch_expired: not run before the completion window ended",
+                                     retry=True)
+        else:
+            await self._record_error(r, None, f"not run: batch {batch.id} was {batch.status}", retry=False,
+                                     finish=False)
 
     async def _record_line(self, r: _Batched, item: dict[str, Any]) -> None:
         response = item.get("response")
         error = item.get("error")
-        duration = int((time.monotonic() - r.sent_at) * 1000)
         if response and response.get("status_code") == 200 and isinstance(response.get("body"), dict):
-            try:
-                reply = reply_from_body(response["body"], response.get("request_id"))
-            except ValueError as exc:
-                await self._record_error(r, 200, f"bad-body: {exc}", retry=True)
-                return
-            # Persist, count, judge in turn, tell the strategy: the synchronous path.
-            await self._accept_reply(r.req, r.call_id, reply, duration, r.req.reservation)
-            if self.cfg.structured == "auto" and self.cfg.structured_dialect != self.dialect:
-                self.cfg.structured_dialect = self.dialect
-                self.store.save_config(self.cfg.to_json())
-            return
-        if error:  # expired (or another provider-side error): not billed, sent again alone
+            await self._record_reply_line(r, response)
+        elif error:  # expired (or another provider-side error): not billed, sent again alone
             await self._record_error(r, None, f"{error.get('code')}: {error.get('message')}", retry=True)
+        else:
+            await self._record_status_line(r, response or {})
+
+    async def _record_reply_line(self, r: _Batched, response: dict[str, Any]) -> None:
+        try:
+            reply = reply_from_body(response["body"], response.get("request_id"))
+        except ValueError as exc:
+            await self._record_error(r, 200, f"bad-body: {exc}", retry=True)
             return
-        status = int((response or {}).get("status_code") or 0)
-        body = (response or {}).get("body") or {}
+        # Persist, count, judge in turn, tell the strategy: the synchronous path.
+        duration = int((time.monotonic() - r.sent_at) * 1000)
+        await self._accept_reply(r.req, r.call_id, reply, duration, r.req.reservation)
+        if self.cfg.structured == "auto" and self.cfg.structured_dialect != self.dialect:
+            self.cfg.structured_dialect = self.dialect
+            self.store.save_config(self.cfg.to_json())
+
+    async def _record_status_line(self, r: _Batched, response: dict[str, Any]) -> None:
+        """A line whose request the provider answered with an HTTP error."""
+        status = int(response.get("status_code") or 0)
+        body = response.get("body") or {}
         message = str((body.get("error") or {}).get("message") or body)[:500]
         failure = AttemptFailure("server" if status >= 500 or status == 429 else "fatal", message, status)
         if self._dialect_refused(failure):
@@ -579,6 +591,15 @@ async def run_batch(store: RunStore, cfg: RunConfig, api_key: str | None = None,
         raise BackendError(f"{result.fatal}\nThe run is saved at {result.run_dir}; fix the cause and continue it "
                            f"with `treegen resume {result.run_dir}`.")
     return result
+
+
+def _failure_detail(batch: Any) -> str:
+    """What the provider said about a batch that failed validation."""
+    if batch.status != "failed":
+        return ""
+    errors = getattr(batch, "errors", None)
+    data = (errors.data or []) if errors is not None else []
+    return "; ".join(f"line {e.line}: {e.message}" for e in data)
 
 
 def batch_summary(store: RunStore) -> list[dict[str, Any]]:
