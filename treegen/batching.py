@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal, Sequence
 from urllib.parse import urlparse
@@ -40,7 +39,7 @@ import openai
 from treegen.budget import BudgetReached, Reservation
 from treegen.client import OPENAI_BASE_URL, AttemptFailure, ChatReply, uses_max_completion_tokens
 from treegen.config import RunConfig
-from treegen.engine import Engine, Progress, RunResult, _Request, stable_seed
+from treegen.engine import Engine, Progress, RunResult, _Request, request_key_of, stable_seed
 from treegen.errors import BackendError, InputError
 from treegen.prices import ModelPrice, cost_micro, worst_case_micro
 from treegen.redact import redact
@@ -240,7 +239,7 @@ class BatchEngine(Engine):
         if item.request_key is None or item.seq is None:
             req.seq = self._seq  # numbered as the synchronous engine numbers its requests
             self._seq += 1
-            request_key = uuid.uuid4().hex
+            request_key = request_key_of(req.seq)
         else:
             req.seq, request_key = item.seq, item.request_key
         seed = stable_seed(self.cfg.seed, req.seq)

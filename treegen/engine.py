@@ -26,7 +26,6 @@ import json
 import math
 import random
 import time
-import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +93,12 @@ class Progress:
     def rejection_rate(self) -> float:
         total = self.accepted + self.rejected
         return self.rejected / total if total else 0.0
+
+
+def request_key_of(seq: int) -> str:
+    """The key every attempt of the run's request number ``seq`` shares (also the Batch
+    custom_id's stem): the same in every run made with the same seed and options."""
+    return f"r{seq}"
 
 
 def stable_seed(*parts: Any) -> int:
@@ -345,7 +350,7 @@ class Engine:
     async def _run_job(self, req: _Request) -> None:
         job = req.job
         request_seed = stable_seed(self.cfg.seed, req.seq)  # the run seed and the request's number
-        request_key = uuid.uuid4().hex
+        request_key = request_key_of(req.seq)
         rng = random.Random(request_seed)
         attempt = 0
         call_id: int | None = None

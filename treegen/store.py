@@ -441,8 +441,13 @@ class RunStore:
         }
 
     def count_requests(self) -> int:
-        """Logical requests made so far (every attempt of one request shares its request_key)."""
-        return int(self._one("select count(distinct request_key) from calls") or 0)
+        """The number the next logical request gets: past every request made so far (every
+        attempt of one request shares its request_key, ``r<number>``; older runs used random
+        keys, counted instead)."""
+        numbered = self._one("select max(cast(substr(request_key, 2) as integer)) from calls "
+                             "where request_key glob 'r[0-9]*'")
+        distinct = int(self._one("select count(distinct request_key) from calls") or 0)
+        return max(distinct, int(numbered) + 1 if numbered is not None else 0)
 
     def unjudged_calls(self) -> list[dict[str, Any]]:
         """Answered calls whose candidates were never decided (the process died in between)."""
