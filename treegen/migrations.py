@@ -143,6 +143,12 @@ def m003_student_results(db: sqlite_utils.Database) -> None:
     db.table("student_results").create_index(["student", "task", "dataset"])
 
 
+# The spent rule as m004 wrote it into its views (a migration's text never changes afterwards,
+# so it is not the store's live constant): known cost, else the reservation when billing is unknown.
+_SPENT_M004 = ("case when cost_micro is not null then cost_micro "
+               "when status in ('timeout', 'lost') then coalesce(reserved_micro, 0) else 0 end")
+
+
 @migrations()
 def m004_requests_views(db: sqlite_utils.Database) -> None:
     # Each call's request beside its response, so a run can be audited and replayed: the
@@ -158,16 +164,14 @@ def m004_requests_views(db: sqlite_utils.Database) -> None:
         select id, depth, parent_id, root_id, strategy, question, context, options, label,
                cost_share_micro, novelty, created_at
         from nodes where status = 'accepted' order by id""")
-    db.create_view("cost_by_depth", """
+    db.create_view("cost_by_depth", f"""
         select depth, count(*) as calls,
-               sum(case when cost_micro is not null then cost_micro
-                        when status in ('timeout', 'lost') then coalesce(reserved_micro, 0) else 0 end) as spent_micro,
+               sum({_SPENT_M004}) as spent_micro,
                sum(coalesce(n_accepted, 0)) as accepted
         from calls group by depth order by depth""")
-    db.create_view("cost_by_strategy", """
+    db.create_view("cost_by_strategy", f"""
         select strategy, count(*) as calls,
-               sum(case when cost_micro is not null then cost_micro
-                        when status in ('timeout', 'lost') then coalesce(reserved_micro, 0) else 0 end) as spent_micro,
+               sum({_SPENT_M004}) as spent_micro,
                sum(coalesce(n_accepted, 0)) as accepted
         from calls group by strategy order by strategy""")
     db.create_view("calls_by_status", """
