@@ -207,5 +207,25 @@ def m005_batches(db: sqlite_utils.Database) -> None:
     db.table("calls").add_column("custom_id", str)
     db.table("calls").create_index(["batch_wave"])
 
+
+@migrations()
+def m006_quality_modules(db: sqlite_utils.Database) -> None:
+    # Quality in the loop: a call's purpose (generate, verify, attributes, harder, judge) so
+    # every module's spend is counted apart; a verify call names the generation call whose
+    # candidates it checked. A node records the operation that made it (generate | harder)
+    # and the verifier's votes.
+    db.table("calls").add_column("purpose", str)  # NULL in older runs: generate
+    db.table("calls").add_column("for_call_id", int)
+    db.table("nodes").add_column("operation", str)  # NULL in older runs: generate
+    db.table("nodes").add_column("verdict", str)  # JSON: {"votes": [...], "outcome": ...}
+    db.table("calls").create_index(["purpose"])
+    db.create_view("cost_by_purpose", f"""
+        select coalesce(purpose, 'generate') as purpose, count(*) as calls,
+               sum({_SPENT_M004}) as spent_micro,
+               sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)) as tokens,
+               sum(coalesce(n_accepted, 0)) as accepted
+        from calls group by coalesce(purpose, 'generate') order by purpose""")
+
+
 def apply(db: sqlite_utils.Database) -> None:
     migrations.apply(db)

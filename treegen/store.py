@@ -100,13 +100,15 @@ def utcnow() -> str:
 NODE_COLUMNS = (
     "parent_id", "root_id", "depth", "call_id", "strategy", "status", "reason", "question", "context",
     "options", "label", "dedup_key", "raw", "cost_share_micro", "expanded", "novelty", "created_at",
+    "operation", "verdict",
 )
 _INSERT_NODE = f"insert into nodes ({', '.join(NODE_COLUMNS)}) values ({', '.join('?' for _ in NODE_COLUMNS)})"
 
 
 def node_row(ex: Example | None, *, parent_id: int | None, root_id: int | None, depth: int,
              call_id: int | None, strategy: str, status: str, reason: str | None, raw: str | None = None,
-             cost_share: int = 0, novelty: float | None = None, key: str | None = None) -> dict[str, Any]:
+             cost_share: int = 0, novelty: float | None = None, key: str | None = None,
+             operation: str | None = None, verdict: str | None = None) -> dict[str, Any]:
     """A ``nodes`` row for an example (or for a reply that held none: ``ex`` None)."""
     return {
         "parent_id": parent_id, "root_id": root_id, "depth": depth, "call_id": call_id,
@@ -115,7 +117,7 @@ def node_row(ex: Example | None, *, parent_id: int | None, root_id: int | None, 
         "options": json.dumps(list(ex.options), ensure_ascii=False) if ex else None,
         "label": ex.label if ex else None, "dedup_key": (key or dedup_key(ex)) if ex else None,
         "raw": raw, "cost_share_micro": cost_share, "expanded": 0, "novelty": novelty,
-        "created_at": utcnow(),
+        "created_at": utcnow(), "operation": operation or "generate", "verdict": verdict,
     }
 
 
