@@ -7,6 +7,9 @@ Two steps, because similarity needs embeddings of the candidates that survive th
 
 1. ``screen``: parse errors, field validation against the task format, exact duplicates (of
    the run and of earlier candidates of the same reply);
+   and the user's checkable constraints;
+1b. ``apply_verdicts`` (with ``--verify``): the verifier's verdicts, which keep, relabel or
+   dispute each surviving candidate;
 2. ``judge``: near-duplicates and novelty from the similarities the engine computed, the
    target (a reply may give more than the run still needs), and each candidate's share of
    the call's cost.
@@ -14,18 +17,25 @@ Two steps, because similarity needs embeddings of the candidates that survive th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import AbstractSet, Sequence
+import json
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, AbstractSet, Sequence
 
 from treegen.parsing import Candidate
 from treegen.schema import answer_to_label
 from treegen.task import Example, InvalidExample, TaskFormat, dedup_key, example_from_dict
+
+if TYPE_CHECKING:
+    from treegen.constraints import Constraint
+    from treegen.verify import Verdict
 
 # Rejection reasons that acceptance itself gives (parsing and validation add their own).
 DUPLICATE = "duplicate"
 NEAR_DUPLICATE = "near-duplicate"
 OVER_TARGET = "over-target"
 NO_EXAMPLES = "no-examples-in-reply"
+LABEL_DISPUTED = "label-disputed"
+UNVERIFIED = "unverified"
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,7 @@ class Screened:
     example: Example | None
     reason: str | None
     key: str | None = None  # the dedup key of a valid example
+    verdict: str | None = None  # JSON: the verifier's votes and outcome (with --verify)
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,7 @@ class Decision:
     cost_share_micro: int
     novelty: float | None
     key: str | None = None  # the dedup key, computed once in screen
+    verdict: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,8 +78,9 @@ def split_cost(total: int, n: int) -> list[int]:
     return [base + (1 if i < rem else 0) for i in range(n)]
 
 
-def screen(candidates: Sequence[Candidate], fmt: TaskFormat, seen_keys: AbstractSet[str]) -> list[Screened]:
-    """Parse errors, invalid fields and exact duplicates, in reply order."""
+def screen(candidates: Sequence[Candidate], fmt: TaskFormat, seen_keys: AbstractSet[str],
+           constraints: Sequence["Constraint"] = ()) -> list[Screened]:
+    """Parse errors, invalid fields, broken constraints and exact duplicates, in reply order."""
     out: list[Screened] = []
     batch_keys: set[str] = set()
     for cand in candidates:
@@ -79,6 +92,13 @@ def screen(candidates: Sequence[Candidate], fmt: TaskFormat, seen_keys: Abstract
         except InvalidExample as exc:
             out.append(Screened(cand, None, exc.reason))
             continue
+        if constraints:
+            from treegen.constraints import violated
+
+            broken = violated(ex, constraints)
+            if broken is not None:
+                out.append(Screened(cand, ex, broken))
+                continue
         key = dedup_key(ex)
         if key in seen_keys or key in batch_keys:
             out.append(Screened(cand, ex, DUPLICATE))
@@ -91,8 +111,34 @@ def screen(candidates: Sequence[Candidate], fmt: TaskFormat, seen_keys: Abstract
 def rescreen(screened: Sequence[Screened], seen_keys: AbstractSet[str]) -> list[Screened]:
     """Exact duplicates again, against examples accepted since ``screen`` ran (cheap: the keys
     are kept)."""
-    return [Screened(s.candidate, s.example, DUPLICATE, s.key) if s.reason is None and s.key in seen_keys else s
-            for s in screened]
+    return [Screened(s.candidate, s.example, DUPLICATE, s.key, s.verdict) if s.reason is None and s.key in seen_keys
+            else s for s in screened]
+
+
+def apply_verdicts(screened: Sequence[Screened], alive: Sequence[int], verdicts: Sequence["Verdict"],
+                   seen_keys: AbstractSet[str]) -> list[Screened]:
+    """The verifier's verdicts on the candidates still in the running (``alive``, in order):
+    kept as they are, relabelled (a new label, so a new dedup key, checked again), or
+    rejected as disputed or unverified. The votes go with each candidate into its node."""
+    out = list(screened)
+    keys = {s.key for i, s in enumerate(screened) if s.reason is None and i not in alive}
+    for i, v in zip(alive, verdicts):
+        s = out[i]
+        verdict = json.dumps({"votes": list(v.votes), "outcome": v.outcome}, ensure_ascii=False)
+        if not v.keep or s.example is None:
+            reason = UNVERIFIED if v.outcome == "unverified" else LABEL_DISPUTED
+            out[i] = Screened(s.candidate, s.example, reason, s.key, verdict)
+            continue
+        ex, key = s.example, s.key
+        if v.label != ex.label:
+            ex = replace(ex, label=v.label)
+            key = dedup_key(ex)
+            if key in seen_keys or key in keys:
+                out[i] = Screened(s.candidate, ex, DUPLICATE, key, verdict)
+                continue
+        keys.add(key)
+        out[i] = Screened(s.candidate, ex, None, key, verdict)
+    return out
 
 
 def judge(screened: Sequence[Screened], similarities: dict[int, float], ctx: JudgeContext) -> list[Decision]:
@@ -116,5 +162,6 @@ def judge(screened: Sequence[Screened], similarities: dict[int, float], ctx: Jud
             reason = OVER_TARGET  # valid, but the reply gave more than the target allows
         ok = reason is None
         accepted += ok
-        out.append(Decision(s.example, ok, reason, None if ok else s.candidate.raw, shares[i], novelty, s.key))
+        out.append(Decision(s.example, ok, reason, None if ok else s.candidate.raw, shares[i], novelty, s.key,
+                            s.verdict))
     return out

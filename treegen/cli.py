@@ -7,11 +7,13 @@ and their ``exit_code`` becomes the process's (2 for bad input, 1 for failures).
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -49,6 +51,9 @@ class _UncutGroup(TyperGroup):
 class _TreegenGroup(_UncutGroup):
     """Every TreegenError becomes its message on stderr and its exit code (2 for bad input)."""
 
+    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
+        return super().parse_args(ctx, _verify_flag(list(args)))
+
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         try:
             return super().invoke(ctx)
@@ -60,6 +65,17 @@ class _TreegenGroup(_UncutGroup):
             secrets = [os.environ["OPENAI_API_KEY"]] if os.environ.get("OPENAI_API_KEY") else []
             _stderr_console().print(f"[bold red]Error:[/] {escape(redact(str(exc), secrets))}")
             raise typer.Exit(exc.exit_code) from None
+
+
+def _verify_flag(args: list[str]) -> list[str]:
+    """``--verify`` alone means ``--verify reject`` (click options take a value or none, not
+    both): the mode is written in when the next word is not one."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--verify" and (i + 1 >= len(args) or args[i + 1] not in ("reject", "relabel")):
+            out.append("reject")
+    return out
 
 
 def _version(value: bool) -> None:
@@ -111,6 +127,37 @@ def _progress(quiet: bool) -> tuple[Any, Any]:
             print(render.progress_line(p), file=sys.stderr, flush=True)
 
     return None, line
+
+
+@contextmanager
+def _startup() -> Iterator[None]:
+    """Start-up of run/resume with the cyclic garbage collector paused, then frozen.
+
+    Importing the openai SDK, numpy and the engine creates ~10^5 long-lived objects, and the
+    collector, triggered every 700 allocations, re-scans them again and again: ~0.2-0.3 s of
+    CPU per start (benchmarks/results/startup.md). They live as long as the process, so
+    ``gc.freeze()`` moves them out of every later collection (cheaper full collections during
+    the run too); collection resumes as usual for everything the run allocates after.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
+def _import_run_modules(cfg: Any) -> None:
+    """What every run imports once its event loop is up, imported under ``_startup()`` instead."""
+    import openai  # noqa: F401 - treegen.client's, for every backend (one LLM path)
+
+    import treegen.forecast  # noqa: F401 - warn_if_short, before the run
+    import treegen.reports  # noqa: F401 - the closing summary
+
+    if cfg.backend == "sim":
+        import treegen.sim.server  # noqa: F401
 
 
 def _execute(store: Any, cfg: Any, quiet: bool) -> None:
@@ -187,15 +234,25 @@ def run(
     max_seed_bytes: Optional[int] = typer.Option(None, "--max-seed-bytes", help="Refuse seed files larger than this."),
     out: Path = typer.Option(Path("runs"), "--out", help="Parent folder of the run folder."),
     name: Optional[str] = typer.Option(None, "--name", help="Run folder name (default: date-strategy-random)."),
+    verify: Optional[str] = typer.Option(None, "--verify", metavar="[reject|relabel]", help="Check each candidate's label with a second pass that answers it blind: disputed ones are rejected (or relabelled with --verify relabel when every vote agrees). Put it after SEEDS."),
+    verify_model: Optional[str] = typer.Option(None, "--verify-model", help="--verify: the verifier's model. [default: the run's model]"),
+    votes: Optional[int] = typer.Option(None, "--votes", help="--verify: verifier answers per candidate; a strict majority must agree." + _d("votes")),
+    attributes: Optional[str] = typer.Option(None, "--attributes", help="A TOML/JSON file of dimensions (topic, difficulty, ...) with values, or auto (asked of the model once): each request asks for one sampled combination."),
+    constraint: Optional[list[str]] = typer.Option(None, "--constraint", help="A rule put in every prompt, e.g. 'question at most 30 words'; checkable ones are enforced. Repeatable."),
+    constraints_file: Optional[Path] = typer.Option(None, "--constraints", help="A file of constraints, one a line."),
+    harder: Optional[float] = typer.Option(None, "--harder", help="Probability that an expansion rewrites its example into a harder one instead." + _d("harder")),
+    facts: Optional[Path] = typer.Option(None, "--facts", help="--verify: a JSONL corpus ({\"text\": ...} a line); the verifier sees the passages retrieved for each candidate."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final status line."),
 ) -> None:
     """Expand a search tree of new labelled examples from SEEDS, under caps."""
     options = {k_: v for k_, v in locals().items() if k_ not in ("seeds", "quiet", "task")}
-    from treegen.api import prepare_run
+    with _startup():
+        from treegen.api import prepare_run
 
-    options["task_description"] = task
-    options["task_format"] = task_format
-    store, cfg = prepare_run(seeds, options, os.environ.get("OPENAI_API_KEY"))
+        options["task_description"] = task
+        options["task_format"] = task_format
+        store, cfg = prepare_run(seeds, options, os.environ.get("OPENAI_API_KEY"))
+        _import_run_modules(cfg)
     label = " (SIMULATED: no LLM, no cost)" if cfg.simulated else (
         " (REAL: local model " + Path(cfg.local.model_path or "").name + ")" if cfg.local else "")
     _stdout_console().print(f"Run {store.run()['id']} in {store.run_dir}{label}; caps: {cfg.caps.describe()}",
@@ -227,9 +284,11 @@ def resume(
 ) -> None:
     """Continue a run from its database (after Ctrl-C, a crash, or a cap), caps raisable."""
     options = {k_: v for k_, v in locals().items() if k_ not in ("run_dir", "quiet")}
-    from treegen.api import prepare_resume
+    with _startup():
+        from treegen.api import prepare_resume
 
-    store, cfg = prepare_resume(run_dir, options, os.environ.get("OPENAI_API_KEY"))
+        store, cfg = prepare_resume(run_dir, options, os.environ.get("OPENAI_API_KEY"))
+        _import_run_modules(cfg)
     _stdout_console().print(f"Resuming {run_dir}; caps: {cfg.caps.describe()}", markup=False)
     with store:
         _execute(store, cfg, quiet)

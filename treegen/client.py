@@ -124,11 +124,13 @@ class ChatClient:
         seed: int | None,
         timeout: float,
         response_format: dict[str, Any] | None = None,
+        model: str | None = None,
     ) -> ChatReply:
         import openai
 
-        body: dict[str, Any] = {"model": self.model, "messages": messages}
-        if uses_max_completion_tokens(self.model, self.base_url):
+        model = model or self.model  # a quality module may ask another model (--verify-model)
+        body: dict[str, Any] = {"model": model, "messages": messages}
+        if uses_max_completion_tokens(model, self.base_url):
             body["max_completion_tokens"] = max_tokens
         else:
             body["max_tokens"] = max_tokens

@@ -46,7 +46,11 @@ DEFAULTS: dict[str, Any] = {
     "expand_retries": 2,
     "batch": False,
     "batch_wave": 50,
+    "verify": None,  # None (off) | "reject" | "relabel"
+    "votes": 1,
+    "harder": 0.0,
 }
+VERIFY_MODES = ("reject", "relabel")
 
 
 @dataclass
@@ -110,6 +114,16 @@ class RunConfig:
     batch: bool = DEFAULTS["batch"]  # send requests as OpenAI Batch jobs, at Batch prices
     batch_wave: int = DEFAULTS["batch_wave"]  # chain strategies: requests per Batch job
     task_description: str | None = None
+    # Quality modules (issue 14), each off by default and each spending recorded calls.
+    verify: str | None = DEFAULTS["verify"]  # "reject" | "relabel": a second model answers each candidate
+    verify_model: str | None = None  # None: the run's model
+    verify_price: ModelPrice | None = None  # the verifier's price when it is another model
+    votes: int = DEFAULTS["votes"]
+    attributes: str | None = None  # a file of dimensions, or "auto" (asked of the model once)
+    attribute_values: str | None = None  # the dimensions in use (JSON), stored once known
+    constraints: list[str] = field(default_factory=list)
+    harder: float = DEFAULTS["harder"]  # share of expansions that rewrite an example harder
+    facts: str | None = None  # corpus JSONL: the verifier sees passages retrieved from it
     caps: Caps = field(default_factory=Caps)
     price: ModelPrice | None = None
     sim: SimSettings | None = None
@@ -126,6 +140,8 @@ class RunConfig:
         data["caps"] = Caps.from_dict(data.get("caps") or {})
         if data.get("price"):
             data["price"] = ModelPrice(**data["price"])
+        if data.get("verify_price"):
+            data["verify_price"] = ModelPrice(**data["verify_price"])
         if data.get("sim") is not None:
             data["sim"] = SimSettings.from_dict(data["sim"])
         if data.get("local") is not None:
@@ -193,6 +209,7 @@ def validate_config(cfg: RunConfig) -> None:
            if cfg.top_p is not None else "")
     if cfg.base_url is not None:
         validate_base_url(cfg.base_url)
+    _validate_quality(cfg)
     if cfg.sim is not None:
         _check(0 <= cfg.sim.error_rate <= 1, f"--sim-error-rate is a share between 0 and 1 (got {cfg.sim.error_rate:g}).")
         _check(cfg.sim.latency_ms >= 0, "--sim-latency-ms must not be negative.")
@@ -217,6 +234,25 @@ def validate_config(cfg: RunConfig) -> None:
             f"A dollar cap needs the price of {cfg.model!r}: pass --prices input=0.20,output=0.60 "
             "(dollars per 1M tokens), or cap with --max-tokens / --max-calls / --target instead."
         )
+
+
+def _validate_quality(cfg: RunConfig) -> None:
+    _check(cfg.verify is None or cfg.verify in VERIFY_MODES,
+           f"--verify must be one of {', '.join(VERIFY_MODES)} (got {cfg.verify!r}); leave it out to skip verification.")
+    _check(1 <= cfg.votes <= 9, f"--votes must be between 1 and 9 (got {cfg.votes}).")
+    _check(cfg.votes == 1 or cfg.verify is not None, "--votes needs --verify (or --verify relabel).")
+    _check(cfg.verify_model is None or cfg.verify is not None, "--verify-model needs --verify.")
+    _check(0.0 <= cfg.harder <= 1.0, f"--harder is a probability from 0 to 1 (got {cfg.harder:g}).")
+    _check(cfg.facts is None or cfg.verify is not None,
+           "--facts gives the verifier passages to check against: add --verify (or --verify relabel).")
+    if cfg.batch:
+        for flag, on in (("--verify", cfg.verify is not None), ("--harder", cfg.harder > 0),
+                         ("--attributes", cfg.attributes is not None)):
+            _check(not on, f"{flag} is not available with --batch yet: run without --batch, or without {flag}.")
+    if cfg.verify is not None and cfg.caps.max_usd_micro is not None and cfg.verify_model not in (None, cfg.model):
+        _check(cfg.verify_price is not None,
+               f"A dollar cap needs the price of the verifier {cfg.verify_model!r}: add it to the price table "
+               "(--price-table) or verify with the run's own model.")
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -286,7 +322,8 @@ RUN_OPTIONS = {
     *DEFAULTS, "base_url", "task_format", "task_description", "budget", "max_usd", "max_tokens", "max_calls",
     "target", "max_depth", "max_seconds", "prices", "price_table", "sim_pool", "sim_latency_ms",
     "sim_error_rate", "sim", "local_model", "local_threads", "local_n_ctx", "local_name", "seeds_source",
-    "seeds_from",
+    "seeds_from", "verify", "verify_model", "votes", "attributes", "constraint", "constraints_file", "harder",
+    "facts",
 }
 
 
@@ -334,12 +371,46 @@ def from_options(task_format: str, options: dict[str, Any], api_key: str | None 
         sim=_sim_settings(options, int(pick("seed"))) if backend == "sim" else None,
         seeds_source=options.get("seeds_source"), seeds_from=options.get("seeds_from"),
     )
+    _quality_options(cfg, options, pick)
     from treegen.embedders import EMBEDDERS
 
     if cfg.embedder not in EMBEDDERS:
         raise ConfigError(f"Unknown embedder {cfg.embedder!r}. Choose one of: {', '.join(EMBEDDERS)}.")
     validate_config(cfg)
     return cfg
+
+
+def _quality_options(cfg: RunConfig, options: dict[str, Any], pick: Any) -> None:
+    """The quality modules' settings; files are read now, so bad ones are refused before a run exists."""
+    cfg.verify = pick("verify")
+    cfg.votes = int(pick("votes"))
+    cfg.harder = float(pick("harder"))
+    cfg.verify_model = options.get("verify_model")
+    if cfg.verify_model and cfg.verify_model != cfg.model and cfg.backend == "openai":
+        cfg.verify_price = resolve_price(cfg.verify_model, None, options.get("price_table"), needed=False)
+    attributes = options.get("attributes")
+    if attributes is not None and str(attributes) != "auto":
+        from treegen.attributes import load_attributes
+
+        cfg.attribute_values = load_attributes(attributes).to_json()
+        cfg.attributes = str(attributes)
+    elif attributes is not None:
+        cfg.attributes = "auto"
+    texts = [str(t) for t in (options.get("constraint") or [])]
+    if options.get("constraints_file"):
+        from treegen.constraints import load_constraints
+
+        texts = load_constraints(options["constraints_file"]) + texts
+    if texts:
+        from treegen.constraints import parse_constraints
+
+        parse_constraints(texts)  # a malformed one is refused now
+    cfg.constraints = texts
+    if options.get("facts") is not None:
+        path = Path(options["facts"])
+        if not path.is_file():
+            raise InputError(f"--facts {path}: no such file. Give a JSONL corpus, one {{\"text\": ...}} object a line.")
+        cfg.facts = str(path.resolve())
 
 
 def _base_url(backend: str, given: str | None, api_key: str | None) -> str | None:

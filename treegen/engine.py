@@ -118,6 +118,26 @@ class _Request:
     max_tokens: int
     reservation: Reservation
     seq: int = 0  # the request's number in the run: its seed, and its turn in the reorder buffer
+    purpose: str = "generate"  # or "harder": a rewrite of the parent into a harder example
+
+
+@dataclass
+class _SideSpec:
+    """A quality module's call (verify, attributes): its own model, price and budget; it
+    makes no nodes, and counts under the caps like any call."""
+
+    purpose: str
+    messages: list[dict[str, str]]
+    response_format: dict[str, Any] | None
+    max_tokens: int
+    model: str
+    price: Any
+    request_key: str
+    seed: int
+    temperature: float | None
+    for_call_id: int | None = None
+    parent_ids: tuple[int, ...] = ()
+    depth: int = 0
 
 
 class Engine:
@@ -176,6 +196,13 @@ class Engine:
             similarity=self._similarity if cfg.strategy in ("contrastive", "similar") else None,
         )
         self.strategy = make_strategy(cfg.strategy, params)
+        self.constraints = self._load_constraints()
+        self._attributes: Any = None
+        if cfg.attribute_values:
+            from treegen.attributes import Attributes
+
+            self._attributes = Attributes.from_json(cfg.attribute_values)
+        self._corpus: Any = None
         self._restore_strategy(cfg.near_dup is not None or cfg.strategy == "novelty")
 
     # ---- embeddings -------------------------------------------------------------------
@@ -230,8 +257,12 @@ class Engine:
                 continue
             text = call["response_text"] or ""
             cost = int(call["cost_micro"] or 0)
-            screened = acceptance.screen(parse_reply(text), self.fmt, self.seen_keys)
+            screened = acceptance.screen(parse_reply(text), self.fmt, self.seen_keys, self.constraints)
             alive = [i for i, sc in enumerate(screened) if sc.reason is None]
+            if self.cfg.verify and alive:
+                # Only votes already paid for are used: a resume does not spend on the past.
+                screened = self._apply_votes(screened, alive, self._recorded_votes(call["id"], screened, alive))
+                alive = [i for i, sc in enumerate(screened) if sc.reason is None]
             vectors = None
             if self._index is not None and alive:
                 vectors = self._embed([screened[i].example for i in alive])  # type: ignore[misc]
@@ -239,7 +270,8 @@ class Engine:
             open_slots = None if self.cfg.caps.target is None else self.cfg.caps.target - self.ledger.accepted
             decisions = acceptance.judge(screened, sims, acceptance.JudgeContext(open_slots, self.cfg.near_dup, cost))
             vec_of = {i: vectors[j] for j, i in enumerate(alive)} if vectors is not None else {}
-            self._persist_nodes(job, call["id"], text, cost, decisions, vec_of)
+            operation = "harder" if call.get("purpose") == "harder" else "generate"
+            self._persist_nodes(job, call["id"], text, cost, decisions, vec_of, operation)
 
     def _job_of_call(self, call: dict[str, Any]) -> Job | None:
         """The job a recorded call was made for, from its parents' rows."""
@@ -247,6 +279,176 @@ class Engine:
         parents = [NodeInfo(r["id"], r["depth"], r["root_id"], node_example(r), r["expanded"] or 0, r["novelty"])
                    for r in rows if r is not None]
         return Job(parents, depth=call["depth"], chain=call["chain"]) if parents else None
+
+    # ---- quality modules: calls that make no nodes -------------------------------------
+    async def _side_call(self, spec: _SideSpec) -> str | None:
+        """Reserve, record, send and settle one module call like a generation call (retried on
+        retryable failures). Returns the reply text, or None when it could not be had (the run
+        stopped, a cap was reached, every retry failed)."""
+        assert self._client is not None
+        local = count_messages(spec.messages, spec.model)
+        reserved_prompt = self._reserved_prompt(local)
+        rng = random.Random(spec.seed)
+        attempt = 0
+        while self.stop_reason is None:
+            attempt += 1
+            got = await self._reserve_waiting(reserved_prompt, 0, own_task=True, side=spec)
+            if got is None:
+                return None
+            reservation, max_tokens = got
+            call_id: int | None = None
+            try:
+                if not await self._wait_turn(reservation.tokens):
+                    self.ledger.release(reservation)
+                    return None
+                call_id = self.store.insert_call({
+                    "created_at": _now(), "parent_node_ids": json.dumps(list(spec.parent_ids)), "depth": spec.depth,
+                    "strategy": self.cfg.strategy, "attempt": attempt, "request_key": spec.request_key,
+                    "model": spec.model, "status": CallStatus.PENDING, "reserved_prompt_tokens": reserved_prompt,
+                    "reserved_tokens": reservation.tokens, "reserved_micro": reservation.micro,
+                    "simulated": int(self.simulated), "base_url": self.base_url, "purpose": spec.purpose,
+                    "for_call_id": spec.for_call_id,
+                    "params": json.dumps({"max_tokens": max_tokens, "temperature": spec.temperature, "seed": spec.seed,
+                                          "response_format": self.dialect}),
+                }, messages=spec.messages)
+                started = time.monotonic()
+                self._call_times.append(started)
+                try:
+                    reply = await self._client.chat(
+                        spec.messages, max_tokens=max_tokens, temperature=spec.temperature, top_p=None,
+                        seed=spec.seed, timeout=self.cfg.timeout,
+                        response_format=spec.response_format if self.dialect != "off" else None, model=spec.model)
+                except AttemptFailure as failure:
+                    self._record_failure(call_id, failure, int((time.monotonic() - started) * 1000), reservation)
+                    self.last_error = redact(failure.message, self._secrets())
+                    if not failure.retryable or attempt > self.cfg.max_retries:
+                        return None
+                    if failure.kind == "rate-limit":
+                        self.limiter.pause(failure.retry_after or backoff_seconds(attempt, rng))
+                    await asyncio.sleep(backoff_seconds(attempt, rng, cap=2.0 if failure.fatal_after_retries else 30.0,
+                                                        retry_after=failure.retry_after))
+                    continue
+                usage = reconcile_usage(spec.price, reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens,
+                                        reply.text, spec.model, reserved_prompt, max_tokens, local)
+                text = reply.text.encode("utf-8", "replace").decode("utf-8")
+                self.store.update_call(call_id, {
+                    "simulated": int(reply.simulated or self.simulated),
+                    "status": CallStatus.ANOMALY if usage.anomaly else CallStatus.OK, "error": usage.anomaly,
+                    "finish_reason": reply.finish_reason, "request_id": reply.request_id,
+                    "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                    "cached_tokens": reply.cached_tokens, "cost_micro": usage.cost_micro,
+                    "duration_ms": int((time.monotonic() - started) * 1000), "response_text": text,
+                    "n_parsed": 0, "n_accepted": 0,
+                })
+                # Persisted: now count its money.
+                self.ledger.settle(reservation, usage.cost_micro, usage.prompt_tokens + usage.completion_tokens)
+                self._notify_settled()
+                if usage.anomaly:
+                    self.fatal = f"usage anomaly from the server at {self.base_url}: {usage.anomaly}"
+                    self._stop(RunStatus.FAILED, self.fatal)
+                    return None
+                return text
+            except asyncio.CancelledError:
+                if not reservation.settled:
+                    if call_id is not None:
+                        self.store.update_call(call_id, {"status": CallStatus.TIMEOUT,
+                                                         "error": "abandoned when the run stopped; counted at its reservation"})
+                        self.ledger.settle(reservation, None, None)
+                    else:
+                        self.ledger.release(reservation)
+                self._notify_settled()
+                raise
+        return None
+
+    def _verifier(self) -> tuple[str, Any]:
+        model = self.cfg.verify_model or self.cfg.model
+        return model, (self.price if model == self.cfg.model else self.cfg.verify_price)
+
+    async def _verify(self, req: _Request, call_id: int, examples: list[Example]) -> list[list[str | None]]:
+        """Every vote on every candidate: ``votes[v][i]`` is vote v's label for candidate i
+        (None when unreadable or never had). The votes are separate calls, sent together."""
+        from treegen.verify import VERIFY_SCHEMA_NAME, parse_verdicts, verify_messages, verify_max_tokens, \
+            verify_response_format
+
+        evidence = self._evidence(examples)
+        messages = verify_messages(examples, self.fmt, evidence=evidence, task_description=self.cfg.task_description,
+                                   structured=self.dialect != "off")
+        model, price = self._verifier()
+        n_votes = self.cfg.votes
+        specs = [
+            _SideSpec(
+                purpose="verify", messages=messages,
+                response_format=verify_response_format(self.fmt, len(examples), self.dialect),
+                max_tokens=verify_max_tokens(self.fmt, len(examples)), model=model, price=price,
+                request_key=f"{request_key_of(req.seq)}.{VERIFY_SCHEMA_NAME}{v + 1}",
+                seed=stable_seed(self.cfg.seed, req.seq, "verify", v),
+                # One vote is the verifier's best answer; several are samples of its answers.
+                temperature=0.0 if n_votes == 1 else (self.cfg.temperature if self.cfg.temperature else 1.0),
+                for_call_id=call_id, parent_ids=tuple(p.id for p in req.job.parents), depth=req.job.depth,
+            )
+            for v in range(n_votes)
+        ]
+        texts = await asyncio.gather(*(self._side_call(spec) for spec in specs))
+        return [parse_verdicts(t, examples, self.fmt) if t is not None else [None] * len(examples) for t in texts]
+
+    def _evidence(self, examples: Sequence[Example]) -> list[list[str]] | None:
+        if not self.cfg.facts:
+            return None
+        from treegen.corpus import Corpus, evidence_for
+
+        if self._corpus is None:
+            self._corpus = Corpus.build(self.cfg.facts, self.store.run_dir / "facts.db")
+        return [evidence_for(self._corpus, ex, 3) for ex in examples]
+
+    def _apply_votes(self, screened: list[acceptance.Screened], alive: list[int],
+                     votes: list[list[str | None]]) -> list[acceptance.Screened]:
+        from treegen.verify import tally
+
+        assert self.cfg.verify is not None
+        verdicts = []
+        for j, i in enumerate(alive):
+            example = screened[i].example
+            assert example is not None
+            mine = [v[j] if j < len(v) else None for v in votes] or [None]
+            verdicts.append(tally(example, mine, self.cfg.verify, self.fmt))
+        return acceptance.apply_verdicts(screened, alive, verdicts, self.seen_keys)
+
+    def _recorded_votes(self, call_id: int, screened: list[acceptance.Screened], alive: list[int]) -> list[list[str | None]]:
+        """The votes a killed session had already received about a generation call."""
+        from treegen.verify import parse_verdicts
+
+        examples = [screened[i].example for i in alive]
+        rows = self.store.module_replies(call_id, "verify")
+        return [parse_verdicts(r["response_text"] or "", examples, self.fmt) for r in rows]  # type: ignore[arg-type]
+
+    async def _ensure_attributes(self) -> None:
+        """``--attributes auto``: ask the model once for the dimensions that fit the seeds (a
+        recorded call), and keep them in the run's config; a resume reuses them."""
+        if self.cfg.attributes != "auto" or self._attributes is not None:
+            return
+        from treegen.attributes import ATTRIBUTES_SCHEMA_NAME, auto_messages, auto_response_format, parse_auto
+
+        seeds = [node_example(r) for r in self.store.nodes(("seed",))]
+        spec = _SideSpec(
+            purpose="attributes", messages=auto_messages(seeds, self.fmt, self.cfg.task_description),
+            response_format=auto_response_format(self.dialect), max_tokens=min(self.cfg.max_output_tokens, 600),
+            model=self.cfg.model, price=self.price, request_key=ATTRIBUTES_SCHEMA_NAME,
+            seed=stable_seed(self.cfg.seed, "attributes"), temperature=0.0,
+        )
+        text = await self._side_call(spec)
+        if text is None:
+            if self.stop_reason is None:
+                self._stop(RunStatus.FAILED, "--attributes auto: the model could not be asked for attributes "
+                                             f"({self.last_error or 'no reply'}); retry, or give a file of attributes")
+            return
+        try:
+            self._attributes = parse_auto(text)
+        except Exception as exc:  # an unusable answer ends the run rather than silently ignoring the flag
+            self.fatal = f"--attributes auto: the model's answer held no usable attributes ({exc}); give a file instead"
+            self._stop(RunStatus.FAILED, self.fatal)
+            return
+        self.cfg.attribute_values = self._attributes.to_json()
+        self.store.save_config(self.cfg.to_json())
 
     # ---- progress ---------------------------------------------------------------------
     def progress(self) -> Progress:
@@ -288,13 +490,59 @@ class Engine:
             return self.cfg.structured_dialect
         return "json_schema" if self.cfg.structured == "auto" else self.cfg.structured
 
-    def _prompt(self, job: Job) -> tuple[list[dict[str, str]], int, int, int]:
+    def _purpose_of(self, seq: int | None) -> str:
+        """``harder`` for the share --harder of requests (decided by the request's number)."""
+        if seq is None or self.cfg.harder <= 0:
+            return "generate"
+        return "harder" if random.Random(stable_seed(self.cfg.seed, "harder", seq)).random() < self.cfg.harder \
+            else "generate"
+
+    def _messages(self, job: Job, seq: int | None) -> tuple[list[dict[str, str]], int]:
+        """The request's messages and k: new examples like the parents, or (``--harder``) one
+        harder rewrite of the parent; the run's constraints close the system message (a fixed
+        prefix per run) and a sampled attribute combination comes before the ask."""
+        structured = self.dialect != "off"
+        if self._purpose_of(seq) == "harder":
+            from treegen.rewrite import harder_messages
+
+            return harder_messages(job.parents[0].example, self.fmt, self.cfg.task_description, structured=structured,
+                                   constraints=self._constraint_text()), 1
         # k does not shrink near the target: what is asked must not depend on what is in flight
         # (that would tie the run to --concurrency); the few extra examples are over-target.
         k = self.cfg.k
         messages = build_messages([p.example for p in job.parents], self.fmt, k, self.cfg.task_description,
-                                  structured=self.dialect != "off")
+                                  structured=structured)
+        extra = self._constraint_text()
+        if extra:
+            messages[0] = {**messages[0], "content": f"{messages[0]['content']} {extra}"}
+        if self._attributes is not None and seq is not None:
+            from treegen.attributes import attribute_line, sample_attributes
+
+            line = attribute_line(sample_attributes(self._attributes, random.Random(stable_seed(self.cfg.seed, "attr", seq))))
+            head, _, ask = messages[-1]["content"].rpartition("\n")
+            messages[-1] = {**messages[-1], "content": f"{head}\n{line}\n{ask}" if head else f"{line}\n{ask}"}
+        return messages, k
+
+    def _constraint_text(self) -> str:
+        if not self.constraints:
+            return ""
+        from treegen.constraints import constraint_sentences
+
+        return constraint_sentences(self.constraints)
+
+    def _load_constraints(self) -> list[Any]:
+        if not self.cfg.constraints:
+            return []
+        from treegen.constraints import parse_constraints
+
+        return parse_constraints(self.cfg.constraints)
+
+    def _prompt(self, job: Job, seq: int | None = None) -> tuple[list[dict[str, str]], int, int, int]:
+        messages, k = self._messages(job, seq)
         prompt_tokens = count_messages(messages, self.cfg.model)
+        return messages, k, prompt_tokens, self._reserved_prompt(prompt_tokens)
+
+    def _reserved_prompt(self, prompt_tokens: int) -> int:
         # Our count is exact for OpenAI models. Other servers tokenize differently: their
         # reservation is scaled by the highest server/local ratio seen so far, plus a margin.
         if self._openai_tokenizer() and self.prompt_ratio <= 1.0:
@@ -305,32 +553,38 @@ class Engine:
             reserved_prompt = 2 * prompt_tokens + 64
         else:
             reserved_prompt = math.ceil(prompt_tokens * max(self.prompt_ratio, 1.0) * 1.1) + 32
-        return messages, k, prompt_tokens, reserved_prompt
+        return reserved_prompt
 
-    def _reserve(self, reserved_prompt: int, k: int) -> tuple[Reservation, int]:
+    def _reserve(self, reserved_prompt: int, k: int, side: "_SideSpec | None" = None) -> tuple[Reservation, int]:
         """Reserve one request, its completion budget shrunk to what the caps still afford
-        (never below what k examples need). Raises BudgetReached when even that does not fit."""
+        (never below what k examples need). Raises BudgetReached when even that does not fit.
+        ``side``: a module's call (verify, attributes): its own budget and price, no examples."""
+        if side is not None:
+            max_tokens = afford_max_tokens(self.ledger, side.price, reserved_prompt, side.max_tokens, side.max_tokens)
+            micro = worst_case_micro(side.price, reserved_prompt, max_tokens) if side.price else 0
+            return self.ledger.reserve(micro, reserved_prompt + max_tokens, examples=0), max_tokens
         floor = min(self.cfg.max_output_tokens, MIN_TOKENS_PER_EXAMPLE * k)
         max_tokens = afford_max_tokens(self.ledger, self.price, reserved_prompt, self.cfg.max_output_tokens, floor)
         micro = worst_case_micro(self.price, reserved_prompt, max_tokens) if self.price else 0
         return self.ledger.reserve(micro, reserved_prompt + max_tokens, examples=k), max_tokens
 
-    async def _next_request(self, job: Job) -> _Request | None:
+    async def _next_request(self, job: Job, seq: int | None = None) -> _Request | None:
         """A request for ``job`` with its reservation, or None when the run stops."""
-        messages, k, local_prompt, reserved_prompt = self._prompt(job)
+        messages, k, local_prompt, reserved_prompt = self._prompt(job, seq)
         got = await self._reserve_waiting(reserved_prompt, k, own_task=False)
         if got is None:
             return None
-        return _Request(job, messages, k, local_prompt, reserved_prompt, got[1], got[0])
+        return _Request(job, messages, k, local_prompt, reserved_prompt, got[1], got[0], purpose=self._purpose_of(seq))
 
-    async def _reserve_waiting(self, reserved_prompt: int, k: int, own_task: bool) -> tuple[Reservation, int] | None:
+    async def _reserve_waiting(self, reserved_prompt: int, k: int, own_task: bool,
+                               side: "_SideSpec | None" = None) -> tuple[Reservation, int] | None:
         """Reserve; while other requests in flight hold reservations, wait for them to settle
         before concluding that a cap is reached (they usually settle far below). None when the
         run stops. ``own_task``: called from a request in flight (a retry)."""
         assert self._settled is not None
         while True:
             try:
-                return self._reserve(reserved_prompt, k)
+                return self._reserve(reserved_prompt, k, side)
             except BudgetReached as exc:
                 # Only reservations held by others can free room; requests that already settled
                 # (waiting for their turn in the reorder buffer) cannot.
@@ -410,7 +664,7 @@ class Engine:
         try:
             reply = await self._client.chat(
                 req.messages, max_tokens=req.max_tokens, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                seed=request_seed, timeout=timeout, response_format=self._response_format(req.k),
+                seed=request_seed, timeout=timeout, response_format=self._response_format(req.k, req.purpose),
             )
         except AttemptFailure as failure:
             duration = int((time.monotonic() - started) * 1000)
@@ -454,9 +708,13 @@ class Engine:
         self.dialect = order[order.index(self.dialect) + 1] if self.dialect in order[:-1] else "off"
         return True
 
-    def _response_format(self, k: int) -> dict[str, Any] | None:
+    def _response_format(self, k: int, purpose: str = "generate") -> dict[str, Any] | None:
         if self.dialect == "off":
             return None
+        if purpose == "harder":
+            from treegen.rewrite import harder_response_format
+
+            return harder_response_format(self.fmt, self.dialect)
         from treegen.schema import example_schema, response_format
 
         return response_format(example_schema(self.fmt, k, non_empty=self.dialect == "json_object"), self.dialect)
@@ -487,7 +745,7 @@ class Engine:
             "request_key": request_key, "model": self.cfg.model, "status": CallStatus.PENDING,
             "reserved_prompt_tokens": req.reserved_prompt, "reserved_tokens": reservation.tokens,
             "reserved_micro": reservation.micro, "simulated": int(self.simulated),
-            "base_url": self.base_url,
+            "base_url": self.base_url, "purpose": req.purpose,
             "params": json.dumps({"max_tokens": req.max_tokens, "temperature": self.cfg.temperature,
                                   "top_p": self.cfg.top_p, "seed": request_seed, "k": req.k,
                                   "response_format": self.dialect}),
@@ -533,18 +791,28 @@ class Engine:
         if usage.anomaly:
             self.fatal = f"usage anomaly from the server at {self.base_url}: {usage.anomaly}"
             self._stop(RunStatus.FAILED, self.fatal)
-        screened = acceptance.screen(parse_reply(text), self.fmt, self.seen_keys)
+        screened = acceptance.screen(parse_reply(text), self.fmt, self.seen_keys, self.constraints)
         alive = [i for i, s in enumerate(screened) if s.reason is None]
+        if self.cfg.verify and alive and self.stop_status != RunStatus.FAILED:
+            # The request's examples stay held while its candidates are verified, so the
+            # target is not over-asked meanwhile.
+            self.ledger.held_examples += req.k
+            try:
+                votes = await self._verify(req, call_id, [screened[i].example for i in alive])  # type: ignore[misc]
+            finally:
+                self.ledger.held_examples -= req.k
+            screened = self._apply_votes(screened, alive, votes)
+            alive = [i for i, s in enumerate(screened) if s.reason is None]
         vectors = None
         if self._index is not None and alive:
             vectors = await self._embed_async([screened[i].example for i in alive])  # type: ignore[misc]
         async with self._in_turn(req.seq):
-            children = await self._judge(req.job, call_id, text, usage.cost_micro, screened, alive, vectors)
+            children = await self._judge(req.job, call_id, text, usage.cost_micro, screened, alive, vectors, req.purpose)
             self._finish_in_turn(req, children, call_id, expanded=False)  # expansion counted with the nodes
 
     async def _judge(self, job: Job, call_id: int, text: str, cost_micro: int,
-                     screened: list[acceptance.Screened], alive: list[int], vectors: np.ndarray | None
-                     ) -> list[NodeInfo]:
+                     screened: list[acceptance.Screened], alive: list[int], vectors: np.ndarray | None,
+                     purpose: str = "generate") -> list[NodeInfo]:
         """Decide a reply's candidates against everything accepted before it, and record them."""
         # Exact duplicates again: earlier requests may have accepted the same text meanwhile.
         screened = acceptance.rescreen(screened, self.seen_keys)
@@ -552,7 +820,8 @@ class Engine:
         open_slots = None if self.cfg.caps.target is None else self.cfg.caps.target - self.ledger.accepted
         decisions = acceptance.judge(screened, sims, acceptance.JudgeContext(open_slots, self.cfg.near_dup, cost_micro))
         vec_of = {i: vectors[j] for j, i in enumerate(alive)} if vectors is not None else {}
-        return self._persist_nodes(job, call_id, text, cost_micro, decisions, vec_of)
+        return self._persist_nodes(job, call_id, text, cost_micro, decisions, vec_of,
+                                   "harder" if purpose == "harder" else "generate")
 
     async def _similarities(self, screened: Sequence[acceptance.Screened], alive: list[int],
                             vectors: np.ndarray | None) -> dict[int, float]:
@@ -581,12 +850,14 @@ class Engine:
         return out
 
     def _persist_nodes(self, job: Job, call_id: int, text: str, cost_micro: int,
-                       decisions: list[acceptance.Decision], vec_of: dict[int, np.ndarray]) -> list[NodeInfo]:
+                       decisions: list[acceptance.Decision], vec_of: dict[int, np.ndarray],
+                       operation: str = "generate") -> list[NodeInfo]:
         parent = job.parents[0]
         rows = [
             node_row(d.example, parent_id=parent.id, root_id=parent.root_id, depth=job.depth, call_id=call_id,
                      strategy=self.cfg.strategy, status=NodeStatus.ACCEPTED if d.accepted else NodeStatus.REJECTED,
-                     reason=d.reason, raw=d.raw, cost_share=d.cost_share_micro, novelty=d.novelty, key=d.key)
+                     reason=d.reason, raw=d.raw, cost_share=d.cost_share_micro, novelty=d.novelty, key=d.key,
+                     operation=operation, verdict=d.verdict)
             for d in decisions
         ]
         if not decisions:
@@ -676,6 +947,7 @@ class Engine:
                                   timeout=self.cfg.timeout, http_client=self.http_client)
         self._begin()
         try:
+            await self._ensure_attributes()
             await self._loop()
         finally:
             await self._client.aclose()
@@ -712,7 +984,7 @@ class Engine:
         job = self.strategy.next_job()
         if job is None:
             return False
-        req = await self._next_request(job)
+        req = await self._next_request(job, self._seq)
         if req is None:
             self.strategy.on_result(job, [], None)
             return False

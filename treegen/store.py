@@ -75,6 +75,11 @@ SPENT_TOKENS_SQL = (
 )
 
 
+# Calls that ask for examples (and may make nodes), as opposed to the quality modules' calls
+# (verify, attributes, judge): strategy restore and request numbering look at these only.
+GENERATION_SQL = "coalesce(purpose, 'generate') in ('generate', 'harder')"
+
+
 def call_spent_micro(call: dict[str, Any]) -> int:
     """What one call counts against the dollar cap (the same rule as ``SPENT_MICRO_SQL``)."""
     if call["cost_micro"] is not None:
@@ -432,14 +437,15 @@ class RunStore:
         return [
             {"call_id": c["id"], "chain": c["chain"], "parent_ids": json.loads(c["parent_node_ids"] or "[]"),
              "child_ids": children.get(c["id"], [])}
-            for c in self._rows("select id, chain, parent_node_ids from calls where status = 'ok' order by id")
+            for c in self._rows(f"select id, chain, parent_node_ids from calls where status = 'ok' and {GENERATION_SQL} order by id")
         ]
 
     def request_counts(self) -> dict[tuple[int, ...], int]:
         """How many distinct requests were made with each set of in-context parents."""
         return {
             tuple(json.loads(r["parent_node_ids"] or "[]")): r["n"]
-            for r in self._rows("select parent_node_ids, count(distinct request_key) as n from calls group by parent_node_ids")
+            for r in self._rows(f"select parent_node_ids, count(distinct request_key) as n from calls where {GENERATION_SQL} "
+                                "group by parent_node_ids")
         }
 
     def count_requests(self) -> int:
@@ -447,14 +453,19 @@ class RunStore:
         attempt of one request shares its request_key, ``r<number>``; older runs used random
         keys, counted instead)."""
         numbered = self._one("select max(cast(substr(request_key, 2) as integer)) from calls "
-                             "where request_key glob 'r[0-9]*'")
-        distinct = int(self._one("select count(distinct request_key) from calls") or 0)
+                             f"where request_key glob 'r[0-9]*' and {GENERATION_SQL}")
+        distinct = int(self._one(f"select count(distinct request_key) from calls where {GENERATION_SQL}") or 0)
         return max(distinct, int(numbered) + 1 if numbered is not None else 0)
 
     def unjudged_calls(self) -> list[dict[str, Any]]:
         """Answered calls whose candidates were never decided (the process died in between)."""
         return self._rows("select * from calls where status in ('ok', 'usage-anomaly') and n_parsed is null "
-                          "and response_text is not null order by id")
+                          f"and response_text is not null and {GENERATION_SQL} order by id")
+
+    def module_replies(self, for_call_id: int, purpose: str) -> list[dict[str, Any]]:
+        """The answered calls a module (``verify``) made about one generation call, in order."""
+        return self._rows("select * from calls where for_call_id = ? and purpose = ? and status = 'ok' "
+                          "and response_text is not null order by id", [for_call_id, purpose])
 
     def insert_call(self, row: dict[str, Any], messages: Sequence[dict[str, Any]] | None = None) -> int:
         """A new call row (``pending`` before it is sent) with its request, committed at once.
