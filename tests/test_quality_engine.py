@@ -209,3 +209,53 @@ def test_bad_quality_flags_are_refused(tmp_path, yesno_seeds, flags, message):
                                  "--out", str(tmp_path / "runs")])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_facts_give_the_verifier_passages_and_a_bad_corpus_is_refused_first(tmp_path, yesno_seeds, strategyqa_pool):
+    # A corpus made at test time from a real dataset's passages (BoolQ's open-book contexts).
+    rows = (Path(strategyqa_pool).parents[2] / "yesno_open" / "boolq" / "dev.jsonl").read_text().splitlines()[:200]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": json.loads(r)["context"]}) for r in rows) + "\n")
+    with SimServer(SimConfig(pool_path=str(strategyqa_pool))) as srv:
+        result = cli("run", yesno_seeds, "--base-url", srv.base_url, "--max-calls", 4, "-c", 1, "--verify",
+                     "--facts", corpus, "--out", tmp_path / "f", "--quiet")
+    assert result.exit_code == 0, result.output
+    run = only_run(tmp_path / "f")
+    assert (run / "facts.db").exists()
+    verify_prompts = [m for (m,) in q(run, "select p.messages from calls c join prompts p on p.hash = c.prompt_hash "
+                                         "where c.purpose = 'verify'")]
+    assert verify_prompts and all('evidence' in m for m in verify_prompts)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a passage"}\n[1, 2]\n')
+    result = cli("run", yesno_seeds, "--backend", "sim", "--max-calls", 2, "--verify", "--facts", bad,
+                 "--out", tmp_path / "b")
+    assert result.exit_code == 2
+    assert "2" in result.output  # the line number of the bad row
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+    result = cli("run", yesno_seeds, "--backend", "sim", "--max-calls", 2, "--facts", corpus, "--out", tmp_path / "c")
+    assert result.exit_code == 2 and "--verify" in result.output
+
+
+def test_numeric_labels_are_checked_by_the_verifiers_arithmetic(tmp_path):
+    """Numeric answers: the verifier writes an expression, treegen evaluates it (never eval)
+    and keeps the candidate when it equals the label."""
+    from treegen.sim.pool import numeric_pool
+
+    pool = numeric_pool(5000, seed=4)
+    truth = {dedup_key(e): e.label for e in pool}
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("\n".join(json.dumps({"question": e.question, "options": [], "label": e.label})
+                               for e in pool[:2]) + "\n")
+    with SimServer(SimConfig(label_flip_rate=0.3, verify_accuracy=1.0, seed=4)) as srv:
+        result = cli("run", seeds, "--base-url", srv.base_url, "--max-calls", 16, "-c", 2, "--verify",
+                     "--out", tmp_path / "n", "--quiet")
+    assert result.exit_code == 0, result.output
+    run = only_run(tmp_path / "n")
+    assert q(run, "select task_format from runs")[0][0] == "numeric"
+    wrong, known = wrong_labels(run, truth)
+    assert known > 5 and wrong == 0
+    assert q(run, "select count(*) from nodes where reason = 'label-disputed'")[0][0] > 0
+    # What the verifier wrote is an expression, evaluated by treegen.arith.
+    replies = [t for (t,) in q(run, "select response_text from calls where purpose = 'verify' and status = 'ok'")]
+    answers = [v["answer"] for t in replies for v in json.loads(t)["verdicts"]]
+    assert answers and all(isinstance(a, str) and any(op in a for op in "+-*/") for a in answers)

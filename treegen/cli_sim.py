@@ -41,6 +41,10 @@ def serve_cmd(
     wrong_count_rate: float = typer.Option(0.0, "--wrong-count-rate", help="Share of replies with more or fewer than k items."),
     label_flip_rate: float = typer.Option(0.0, "--label-flip-rate", help="Per item: chance its label is set to a wrong option."),
     duplicate_rate: float = typer.Option(0.0, "--duplicate-rate", help="Per item: chance it repeats an in-context or earlier item."),
+    verify_accuracy: float = typer.Option(
+        0.9, "--verify-accuracy",
+        help="Verification requests: per candidate, chance the answer is the pool's true label (else a wrong one).",
+    ),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Require this bearer key (others get 401)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random choice."),
     refuse_response_format: Optional[List[str]] = typer.Option(
@@ -70,6 +74,7 @@ def serve_cmd(
         refuse_response_format=refused, ignore_max_tokens=ignore_max_tokens, usage_inflate=usage_inflate,
         body_fault=body_fault, body_fault_rate=body_fault_rate, hang_rate=hang_rate, echo_auth=echo_auth,
         batch_delay_s=batch_delay_s, batch_fail_rate=batch_fail_rate, batch_expire_rate=batch_expire_rate,
+        verify_accuracy=verify_accuracy,
     )
     server = server_cls(config, host, port)  # loads the pool: SeedFileError / ConfigError exit 2
     source = f"pool {pool} ({server.simulator.pool_format})" if pool else "synthetic pools"

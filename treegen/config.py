@@ -410,6 +410,12 @@ def _quality_options(cfg: RunConfig, options: dict[str, Any], pick: Any) -> None
         path = Path(options["facts"])
         if not path.is_file():
             raise InputError(f"--facts {path}: no such file. Give a JSONL corpus, one {{\"text\": ...}} object a line.")
+        import tempfile
+
+        from treegen.corpus import Corpus
+
+        with tempfile.TemporaryDirectory() as tmp:  # a bad corpus is refused before a run exists
+            Corpus.build(path, Path(tmp) / "facts.db").close()
         cfg.facts = str(path.resolve())
 
 

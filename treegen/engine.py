@@ -50,6 +50,7 @@ from treegen.tokens import count_messages
 # A request's completion budget may shrink to fit what is left of a cap, but never below
 # what k examples need: this many tokens per example asked.
 MIN_TOKENS_PER_EXAMPLE = 48
+EVIDENCE_CHARS = 600  # per passage shown to the verifier (--facts)
 ELAPSED_FLUSH_SECONDS = 2.0  # how often a session's working time is written to the run
 
 
@@ -216,10 +217,22 @@ class Engine:
     def _embed(self, examples: Sequence[Example]) -> np.ndarray:
         return self._get_embedder().embed([e.text() for e in examples])
 
-    async def _embed_async(self, examples: Sequence[Example]) -> np.ndarray:
+    async def _embed_async(self, examples: Sequence[Example], job: Job | None = None) -> np.ndarray:
+        """Vectors of ``examples``, off the event loop (one forward pass with the other replies
+        that arrive meanwhile). With ``job``: its parents that carry no vector yet are embedded
+        in the same pass and replaced in ``job.parents`` by copies carrying it, so the strategy
+        decides from vectors and a node is embedded once, not on every request it is shown in."""
+        from dataclasses import replace
+
         from treegen.embedders import embed_async
 
-        return await embed_async(self._get_embedder(), [e.text() for e in examples])
+        missing = [i for i, p in enumerate(job.parents) if p.vector is None] if job is not None else []
+        texts = [job.parents[i].example.text() for i in missing] if job is not None else []
+        vectors = await embed_async(self._get_embedder(), texts + [e.text() for e in examples])
+        for row, i in enumerate(missing):
+            assert job is not None
+            job.parents[i] = replace(job.parents[i], vector=vectors[row])
+        return vectors[len(missing):]
 
     def _similarity(self, parent: Example, children: Sequence[Example]) -> np.ndarray:
         vecs = self._embed([parent, *children])
@@ -397,8 +410,16 @@ class Engine:
         from treegen.corpus import Corpus, evidence_for
 
         if self._corpus is None:
-            self._corpus = Corpus.build(self.cfg.facts, self.store.run_dir / "facts.db")
-        return [evidence_for(self._corpus, ex, 3) for ex in examples]
+            self._open_corpus()
+        # Passages are cut: a verify prompt of several candidates must stay affordable.
+        return [evidence_for(self._corpus, ex, 3, max_chars=EVIDENCE_CHARS) for ex in examples]
+
+    def _open_corpus(self) -> None:
+        """The fact-check index, built once beside the run (reused while the corpus is unchanged)."""
+        from treegen.corpus import CORPUS_DB_NAME, Corpus
+
+        assert self.cfg.facts is not None
+        self._corpus = Corpus.build(self.cfg.facts, self.store.run_dir / CORPUS_DB_NAME)
 
     def _apply_votes(self, screened: list[acceptance.Screened], alive: list[int],
                      votes: list[list[str | None]]) -> list[acceptance.Screened]:
@@ -947,10 +968,15 @@ class Engine:
                                   timeout=self.cfg.timeout, http_client=self.http_client)
         self._begin()
         try:
+            if self.cfg.facts and self._corpus is None:
+                self._open_corpus()  # before any paid call: a bad corpus stops the run first
             await self._ensure_attributes()
             await self._loop()
         finally:
             await self._client.aclose()
+            if self._corpus is not None:
+                self._corpus.close()
+                self._corpus = None
         if self._task_error is not None:
             raise self._task_error
         return self._finalise()

@@ -20,6 +20,7 @@ from treegen import datasets
 from treegen.errors import RunNotFoundError, StudentError
 from treegen.store import DB_NAME, RunStore, utcnow
 from treegen.students import ProgressCallback, get_student, load_student, min_train_examples
+from treegen.students.base import require_choice_format
 from treegen.task import Example, TaskFormat, load_examples
 
 TRAINING_FILE = "training.json"
@@ -56,6 +57,7 @@ def student_dir(folder: str | Path, student: str, task: str, seed: int) -> Path:
 
 def check_task_matches(task: str, fmt: TaskFormat, what: str) -> str:
     """The canonical task name; StudentError when the task's format is not the data's."""
+    require_choice_format(fmt, what)
     t = datasets.get_task(task)
     if t.format.name != fmt.name:
         raise StudentError(
@@ -91,6 +93,7 @@ def human_training_data(task: str, data_dir: str | Path | None = None, limit: in
 def infer_task(fmt: TaskFormat, folder: str | Path) -> str:
     """The task for a run given without --task: the dataset its seeds came from (config
     ``seeds_from`` or ``task``), else the only dataset of its group, else an error."""
+    require_choice_format(fmt, f"The data in {folder}")
     config: Any = {}
     if (Path(folder) / DB_NAME).is_file():
         try:

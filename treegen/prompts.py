@@ -4,11 +4,12 @@ Short on purpose: every token of it is paid on every request. Layout, fixed part
 provider's prompt cache (and ``treegen.tokens``' count cache) sees one prefix per run:
 
 - system (fixed for a run): what to write, the one rule the examples cannot show (the
-  label is the text of the correct option), and, without structured outputs, the reply
+  label is the text of the correct option; for a numeric format, the number that answers the
+  question), and, without structured outputs, the reply
   format in one line. With structured outputs the JSON schema carries the format.
 - user (varies): the example(s), one compact JSON object a line, in the order of the
   schema's fields and without the fields the format does not have (no ``"context": null``
-  in closed-book formats), then ``Write {k} new examples.``
+  in closed-book formats, no ``"options"`` in numeric ones), then ``Write {k} new examples.``
 
 Contract with the simulator (``read_prompt``) and any reader of a logged prompt: every line
 of the user message that is a JSON object is an in-context example, and the request says
@@ -22,7 +23,7 @@ import json
 import re
 from typing import Any, Sequence
 
-from treegen.task import Example, TaskFormat
+from treegen.task import Example, TaskFormat, canonical_number
 
 _ROLE = "Write new, varied, correct examples like the ones shown, not copies."
 _PLAIN_FORMAT = "One JSON object a line, nothing else."
@@ -38,6 +39,9 @@ def system_prompt(fmt: TaskFormat, structured: bool = False, task_description: s
     parts = [f"Task: {task_description.strip()}" if task_description and task_description.strip() else "", _ROLE]
     if fmt.kind == "yesno":
         parts.append('label is "True" or "False".')
+    elif fmt.kind == "numeric":
+        field = "answer" if structured else "label"
+        parts.append(f"{field} is the number that answers the question (digits only, no units).")
     elif structured:
         parts.append("answer is the number of the correct option (1 is the first).")
     else:
@@ -51,17 +55,31 @@ def system_prompt(fmt: TaskFormat, structured: bool = False, task_description: s
 
 def example_fields(example: Example, fmt: TaskFormat | None = None, structured: bool = False) -> dict[str, Any]:
     """The fields a model sees and writes: ``context`` only when the format has one; with a
-    schema, a multiple-choice answer by the option's number (what the schema asks for)."""
+    schema, a multiple-choice answer by the option's number (what the schema asks for). A
+    numeric example has no options and shows its label as a JSON number (``"answer"`` with a
+    schema, ``"label"`` without)."""
     has_context = fmt.has_context if fmt is not None else example.context is not None
     fields: dict[str, Any] = {"question": example.question}
     if has_context:
         fields["context"] = example.context or ""
+    numeric = fmt.kind == "numeric" if fmt is not None else not example.options
+    if numeric:
+        fields["answer" if structured else "label"] = _number(example.label)
+        return fields
     fields["options"] = list(example.options)
     if structured and fmt is not None and fmt.kind == "mcqa":
         fields["answer"] = example.label_index + 1
     else:
         fields["label"] = example.label
     return fields
+
+
+def _number(label: str) -> Any:
+    """A numeric label as a JSON number; left as text if it is not one (shown as it is)."""
+    from treegen.schema import json_number
+
+    canonical = canonical_number(label)
+    return json_number(canonical) if canonical is not None else label
 
 
 def render_example(example: Example, fmt: TaskFormat | None = None, structured: bool = False) -> str:

@@ -2,7 +2,9 @@
 
 A reply constrained by ``example_schema(fmt, k)`` is one object ``{"examples": [...]}``
 holding exactly k example objects of the task format; ``treegen.parsing.parse_reply``
-already unwraps such a wrapper, so the rest of the pipeline does not change.
+already unwraps such a wrapper, so the rest of the pipeline does not change. Multiple choice
+names its answer by the option's number (``"answer": 2``); a numeric format has no options and
+its ``"answer"`` is the number itself. ``answer_to_label`` turns both back into a ``label``.
 
 Servers take the schema in different shapes ("dialects"):
 
@@ -20,10 +22,11 @@ refuses one (``is_response_format_refusal``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from treegen.errors import ConfigError
-from treegen.task import YESNO_OPTIONS, TaskFormat
+from treegen.task import YESNO_OPTIONS, TaskFormat, canonical_number
 
 DIALECTS = ("json_schema", "json_object", "off")
 SCHEMA_NAME = "examples"
@@ -50,6 +53,10 @@ def example_schema(fmt: TaskFormat, k: int, non_empty: bool = False) -> dict[str
     properties: dict[str, Any] = {"question": dict(text)}
     if fmt.has_context:
         properties["context"] = dict(text)
+    if fmt.kind == "numeric":
+        # No options: the answer is the number itself.
+        properties["answer"] = {"type": "number"}
+        return _wrapper(properties, k)
     if fmt.kind == "yesno":
         options: dict[str, Any] = {
             "type": "array",
@@ -71,6 +78,10 @@ def example_schema(fmt: TaskFormat, k: int, non_empty: bool = False) -> dict[str
         label = {"type": "integer", "enum": list(range(1, fmt.n_options + 1))}
     properties["options"] = options
     properties["answer" if fmt.kind == "mcqa" else "label"] = label
+    return _wrapper(properties, k)
+
+
+def _wrapper(properties: dict[str, Any], k: int) -> dict[str, Any]:
     item = {
         "type": "object",
         "properties": properties,
@@ -89,10 +100,19 @@ def example_schema(fmt: TaskFormat, k: int, non_empty: bool = False) -> dict[str
 
 def answer_to_label(obj: Any) -> Any:
     """A structured multiple-choice reply names its answer by number (``"answer": 2``): the
-    label is that option's text. Anything else is returned as it is."""
+    label is that option's text. A numeric reply (no options, or ``[]``) gives the number
+    itself: the label is its canonical text (``3.0`` -> ``"3"``). Anything else is returned as
+    it is, for validation to judge."""
     if not isinstance(obj, dict) or "label" in obj or "answer" not in obj:
         return obj
     answer, options = obj["answer"], obj.get("options")
+    if options is None or options == []:
+        number = canonical_number(answer)
+        if number is None:
+            return obj
+        out = {k: v for k, v in obj.items() if k != "answer"}
+        out["label"] = number
+        return out
     if isinstance(answer, bool) or not isinstance(answer, int) or not isinstance(options, list):
         return obj
     if not 1 <= answer <= len(options):
@@ -103,12 +123,27 @@ def answer_to_label(obj: Any) -> Any:
 
 
 def label_to_answer(row: dict[str, Any]) -> dict[str, Any]:
-    """The inverse, for a multiple-choice example shown or validated in the structured form."""
-    if "label" not in row or not isinstance(row.get("options"), list) or row["options"] == ["True", "False"]:
+    """The inverse, for a multiple-choice or numeric example shown or validated in the
+    structured form (a numeric one drops its empty options and answers with a JSON number)."""
+    if "label" not in row:
+        return row
+    if row.get("options") in (None, []):
+        number = canonical_number(row["label"])
+        if number is None:
+            return row
+        out = {k: v for k, v in row.items() if k not in ("label", "options")}
+        out["answer"] = json_number(number)
+        return out
+    if not isinstance(row.get("options"), list) or row["options"] == ["True", "False"]:
         return row
     out = {k: v for k, v in row.items() if k != "label"}
     out["answer"] = [str(o) for o in row["options"]].index(str(row["label"])) + 1
     return out
+
+
+def json_number(canonical: str) -> int | float:
+    """A canonical number's text as the JSON number a schema's ``"type": "number"`` takes."""
+    return int(canonical) if re.fullmatch(r"-?\d+", canonical) else float(canonical)
 
 
 def response_format(schema: dict[str, Any], dialect: str) -> dict[str, Any] | None:

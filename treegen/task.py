@@ -5,7 +5,10 @@ One JSON object a line: ``question``, optional ``context``, ``options`` (list of
 
 - multiple choice with k free-text options (``mcqa_k``; ``mcqa_k_open`` with a context),
 - yes/no with a context (``yesno_open``),
-- yes/no without one (``yesno_close``).
+- yes/no without one (``yesno_close``),
+- a number that answers the question (``numeric``; ``numeric_open`` with a context), as in
+  GSM8K: no options (``options == ()``, absent or ``[]`` in JSON), and the label is the number
+  written canonically (``canonical_number``: "42", "3.5", "-2"; "42.0" is stored as "42").
 
 Yes/no options are always ``["True", "False"]``; a label may be given as a JSON boolean or
 as the string, and is stored as the string.
@@ -14,11 +17,13 @@ as the string, and is stored as the string.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import stat
 import unicodedata
 from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -38,6 +43,12 @@ MAX_DATA_FILE_BYTES = 1024 * 1024 * 1024
 MAX_DATA_EXAMPLE_CHARS = 200_000
 
 DUPLICATE_OPTIONS = "duplicate-options"  # InvalidExample.reason for an example whose options repeat
+NOT_A_NUMBER = "label-not-a-number"  # InvalidExample.reason for a numeric example whose label is no number
+
+# Numeric labels: magnitudes up to 10**15 (integers beyond it lose precision as floats) and at
+# most 12 decimal places (a float such as 0.1 + 0.2 = 0.30000000000000004 is stored as "0.3").
+MAX_NUMERIC_LABEL = Decimal(10) ** 15
+NUMERIC_DECIMALS = 12
 
 # A JSON line may spell one character with up to 12 bytes (a \uXXXX\uXXXX pair), plus
 # keys and punctuation: a line longer than this cannot hold an example within the limit,
@@ -50,9 +61,10 @@ _BOM = "\ufeff"
 
 @dataclass(frozen=True)
 class TaskFormat:
-    """The shape of a task: multiple choice with ``n_options`` options, or yes/no."""
+    """The shape of a task: multiple choice with ``n_options`` options, yes/no, or a number
+    (``kind == "numeric"``, ``n_options == 0``)."""
 
-    kind: str  # "mcqa" or "yesno"
+    kind: str  # "mcqa", "yesno" or "numeric"
     n_options: int
     has_context: bool
 
@@ -60,7 +72,14 @@ class TaskFormat:
     def name(self) -> str:
         if self.kind == "yesno":
             return "yesno_open" if self.has_context else "yesno_close"
+        if self.kind == "numeric":
+            return "numeric_open" if self.has_context else "numeric"
         return f"mcqa_{self.n_options}" + ("_open" if self.has_context else "")
+
+    @property
+    def has_options(self) -> bool:
+        """False for numeric formats: what needs options (students, option metrics) checks this."""
+        return self.kind != "numeric"
 
     def __str__(self) -> str:
         return self.name
@@ -72,12 +91,15 @@ class TaskFormat:
             return cls("yesno", 2, True)
         if name == "yesno_close":
             return cls("yesno", 2, False)
+        if name in ("numeric", "numeric_open"):
+            return cls("numeric", 0, name == "numeric_open")
         m = re.fullmatch(r"mcqa_(\d+)(_open)?", name)
         if m and int(m.group(1)) >= 2:
             return cls("mcqa", int(m.group(1)), bool(m.group(2)))
         raise InputError(
-            f"Unknown task format {name!r}. Use yesno_open, yesno_close or mcqa_K "
-            "(K options, K >= 2; add _open when examples have a context), e.g. mcqa_5."
+            f"Unknown task format {name!r}. Use yesno_open, yesno_close, mcqa_K "
+            "(K options, K >= 2; add _open when examples have a context), e.g. mcqa_5, "
+            "or numeric (numeric_open with a context) for questions answered by a number."
         )
 
 
@@ -90,6 +112,12 @@ class Example:
 
     @property
     def label_index(self) -> int:
+        if not self.options:
+            # A numeric example: whatever asks for the right option's position needs a choice task.
+            raise InputError(
+                "This needs a multiple-choice or yes/no task, but the example is numeric (its answer is "
+                "a number, it has no options). Use it with an mcqa_K or yesno run or data file."
+            )
         return self.options.index(self.label)
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,6 +138,8 @@ class Example:
 
     def infer_format(self) -> TaskFormat:
         has_context = bool(self.context and self.context.strip())
+        if not self.options:
+            return TaskFormat("numeric", 0, has_context)
         if tuple(self.options) == YESNO_OPTIONS:
             return TaskFormat("yesno", 2, has_context)
         return TaskFormat("mcqa", len(self.options), has_context)
@@ -158,6 +188,97 @@ def _as_label(value: Any) -> str:
     raise InvalidExample("bad-label", f"label must be a string or a boolean, not {type(value).__name__}")
 
 
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,3})?")
+_GROUPED_NUMBER = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")  # 1,234.5: thousands separators
+
+
+def canonical_number(value: Any) -> str | None:
+    """A number's canonical text ("42", "3.5", "-2", "1000"), or None when ``value`` is not
+    a finite number within the limits.
+
+    Takes a JSON number (not a boolean) or a string of one: plain or scientific notation, or
+    with thousands separators ("1,234"). Trailing zeros go ("42.0" -> "42"), more than
+    ``NUMERIC_DECIMALS`` decimal places are rounded, "-0" is "0". Magnitudes above
+    ``MAX_NUMERIC_LABEL`` are refused.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = Decimal(value) if abs(value) <= MAX_NUMERIC_LABEL else None
+    elif isinstance(value, float):
+        number = Decimal(repr(value)) if math.isfinite(value) else None
+    elif isinstance(value, str):
+        text = value.strip()
+        if _GROUPED_NUMBER.fullmatch(text):
+            text = text.replace(",", "")
+        elif not _NUMBER.fullmatch(text):
+            return None
+        try:
+            number = Decimal(text)
+        except InvalidOperation:
+            return None
+    else:
+        return None
+    if number is None or not number.is_finite() or abs(number) > MAX_NUMERIC_LABEL:
+        return None
+    exponent = number.as_tuple().exponent  # an int for a finite number
+    if isinstance(exponent, int) and exponent < -NUMERIC_DECIMALS:
+        number = number.quantize(Decimal(1).scaleb(-NUMERIC_DECIMALS), rounding=ROUND_HALF_EVEN)
+    number = number.normalize()
+    if number == 0:
+        return "0"
+    return format(number, "f")
+
+
+def _has_no_options(obj: dict[str, Any]) -> bool:
+    return obj.get("options") in (None, [])
+
+
+def _numeric_label_value(obj: dict[str, Any]) -> Any:
+    """The label of a numeric row: ``label``, or ``answer`` as structured outputs write it."""
+    return obj["label"] if "label" in obj else obj.get("answer")
+
+
+def _is_numeric_row(obj: dict[str, Any], fmt: TaskFormat | None) -> bool:
+    if fmt is not None:
+        return fmt.kind == "numeric"
+    # Without a format: a row with no options whose label is a number is a numeric example.
+    return _has_no_options(obj) and canonical_number(_numeric_label_value(obj)) is not None
+
+
+def _numeric_example_from_dict(obj: dict[str, Any], fmt: TaskFormat | None) -> Example:
+    if "question" not in obj:
+        raise InvalidExample("missing-field", "missing field 'question'")
+    if "label" not in obj and "answer" not in obj:
+        raise InvalidExample("missing-field", "missing field 'label' (the number that answers the question)")
+    question = obj["question"]
+    if not isinstance(question, str) or not question.strip():
+        raise InvalidExample("empty-question", "question must be a non-empty string")
+    context = obj.get("context")
+    if context is not None and not isinstance(context, str):
+        raise InvalidExample("bad-context", "context must be a string or null")
+    if context is not None and not context.strip():
+        context = None
+    if not _has_no_options(obj):
+        raise InvalidExample("wrong-options", "a numeric example has no options (leave them out or write [])")
+    for name, value in (("question", question), ("context", context)):
+        if value and _SURROGATE.search(value):
+            raise InvalidExample("bad-text", f"the {name} holds a lone surrogate escape (\\ud800-\\udfff), which is not a character")
+    raw = _numeric_label_value(obj)
+    label = canonical_number(raw)
+    if label is None:
+        shown = raw if not isinstance(raw, str) or len(raw) <= 40 else raw[:40] + "..."
+        raise InvalidExample(
+            NOT_A_NUMBER,
+            f"label {shown!r} is not a finite number (at most {MAX_NUMERIC_LABEL:.0e} in size); "
+            "a numeric example's label is the number that answers the question",
+        )
+    example = Example(question=question.strip(), options=(), label=label, context=context)
+    if fmt is not None:
+        check_format(example, fmt)
+    return example
+
+
 def example_from_dict(obj: Any, fmt: TaskFormat | None = None, strict: bool = True) -> Example:
     """Validate one object and build an Example, or raise InvalidExample with the reason.
 
@@ -169,6 +290,8 @@ def example_from_dict(obj: Any, fmt: TaskFormat | None = None, strict: bool = Tr
     """
     if not isinstance(obj, dict):
         raise InvalidExample("not-an-object", f"expected a JSON object, got {type(obj).__name__}")
+    if _is_numeric_row(obj, fmt):
+        return _numeric_example_from_dict(obj, fmt)
     for field in ("question", "options", "label"):
         if field not in obj:
             raise InvalidExample("missing-field", f"missing field {field!r}")
@@ -236,7 +359,12 @@ def example_chars(example: Example) -> int:
 
 
 def check_format(example: Example, fmt: TaskFormat) -> None:
-    if fmt.kind == "yesno":
+    if fmt.kind == "numeric":
+        if example.options:
+            raise InvalidExample("wrong-options", f"format {fmt.name} has no options; the label is a number")
+        if canonical_number(example.label) != example.label:
+            raise InvalidExample(NOT_A_NUMBER, f"label {example.label!r} is not a number in canonical form, e.g. \"42\" or \"3.5\"")
+    elif fmt.kind == "yesno":
         if tuple(example.options) != YESNO_OPTIONS:
             raise InvalidExample("wrong-options", 'yes/no options must be exactly ["True", "False"]')
     else:
@@ -414,7 +542,10 @@ def load_examples(
     first_line = None
     for lineno, obj in iter_jsonl(path, max_file_bytes=max_file_bytes, what=what, max_line_bytes=max_line_bytes):
         try:
-            ex = example_from_dict(obj, strict=not allow_duplicate_options)
+            # A row without options in a numeric file is judged as numeric (so a bad label is
+            # named as such); any other row is inferred, so a mixed file names both formats.
+            as_numeric = fmt is not None and fmt.kind == "numeric" and isinstance(obj, dict) and _has_no_options(obj)
+            ex = example_from_dict(obj, fmt if as_numeric else None, strict=not allow_duplicate_options)
         except InvalidExample as exc:
             raise SeedFileError(str(path), exc.detail, _fix_for(exc.reason), lineno) from None
         size = example_chars(ex)
@@ -471,7 +602,9 @@ def load_seeds(
 
 def _fix_for(reason: str) -> str:
     return {
-        "missing-field": 'Every line needs "question", "options" and "label" ("context" is optional).',
+        "missing-field": 'Every line needs "question", "options" and "label" ("context" is optional); '
+                         'a numeric example has "question" and a number "label", no options.',
+        NOT_A_NUMBER: 'Write the label as a number, e.g. 42 or "3.5" (digits only: no units, no words).',
         "label-not-in-options": "The label must be the text of one of the options, spelled the same.",
         "bad-options": 'Write options as a JSON list of strings, e.g. ["True", "False"].',
         "not-an-object": "Write one JSON object a line, not a list or a bare value.",

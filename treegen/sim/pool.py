@@ -3,7 +3,8 @@
 Every item is made from templates and word lists written here (arithmetic, comparisons of
 numbers, divisibility, "is an X a kind of Y" over small taxonomies, unit conversions, the
 order of days, months and letters; short passages about people, shops and timetables for
-formats with a context). Labels are computed, so they are right. Templates differ in their
+formats with a context; arithmetic word problems for the numeric formats). Labels are
+computed, so they are right. Templates differ in their
 wording and vocabulary, so lexical near-neighbours of an item are items of the same family:
 what the simulator's similarity sampling needs.
 """
@@ -11,10 +12,11 @@ what the simulator's similarity sampling needs.
 from __future__ import annotations
 
 import random
+from fractions import Fraction
 from typing import Callable
 
 from treegen.errors import InputError
-from treegen.task import YESNO_OPTIONS, Example, TaskFormat, dedup_key, normalise_text
+from treegen.task import YESNO_OPTIONS, Example, TaskFormat, canonical_number, dedup_key, normalise_text
 
 MAX_OPTIONS = 8
 
@@ -284,8 +286,149 @@ def synthetic_example(fmt: TaskFormat, rng: random.Random) -> Example | None:
     return Example(question, tuple(opts), right, context)
 
 
+# ---------------------------------------------------------------- numeric word problems
+# Each returns (setup, ask, answer): the closed-book question is "setup ask"; an open-book one
+# puts the setup in the context. An empty setup (a bare sum) only makes closed-book items.
+Problem = tuple[str, str, Fraction]
+FRUITS = ["apples", "pears", "plums", "oranges", "lemons", "peaches", "cherries", "figs"]
+
+
+def _np_bare(rng: random.Random) -> Problem:
+    q, right, _w, _s = rng.choice([_arithmetic, _units])(rng)
+    return "", q, Fraction(int(right))
+
+
+def _np_change(rng: random.Random) -> Problem:
+    name, item = rng.choice(NAMES), rng.choice(GOODS)
+    count, price = rng.randint(2, 9), rng.randint(3, 40)
+    note = next(b for b in (50, 100, 200, 500) if b > count * price)
+    return (
+        f"{name} buys {count} {item} at {price} dollars each and pays with a {note}-dollar note.",
+        f"How much change, in dollars, does {name} get?", Fraction(note - count * price),
+    )
+
+
+def _np_share(rng: random.Random) -> Problem:
+    name, fruit = rng.choice(NAMES), rng.choice(FRUITS)
+    friends, each = rng.randint(2, 12), rng.randint(2, 25)
+    kept = rng.randint(1, 9)
+    return (
+        f"{name} picks {friends * each + kept} {fruit}, keeps {kept} and shares the rest equally among {friends} friends.",
+        f"How many {fruit} does each friend get?", Fraction(each),
+    )
+
+
+def _np_stock(rng: random.Random) -> Problem:
+    town, item = rng.choice(TOWNS), rng.choice(GOODS)
+    start, sold, delivered = rng.randint(40, 400), rng.randint(5, 39), rng.randint(10, 200)
+    day = rng.choice(DAYS)
+    return (
+        f"A shop in {town} has {start} {item}. It sells {sold} on {day} and then receives a delivery of {delivered}.",
+        f"How many {item} does the shop have now?", Fraction(start - sold + delivered),
+    )
+
+
+def _np_distance(rng: random.Random) -> Problem:
+    a, b = rng.sample(TOWNS, 2)
+    speed = rng.choice([40, 45, 50, 60, 72, 80, 90, 120])
+    hours, said = rng.choice([
+        (Fraction(1), "1 hour"), (Fraction(2), "2 hours"), (Fraction(3), "3 hours"), (Fraction(4), "4 hours"),
+        (Fraction(5), "5 hours"), (Fraction(3, 2), "an hour and a half"), (Fraction(5, 2), "two and a half hours"),
+    ])
+    return (
+        f"A coach from {a} to {b} drives at {speed} kilometres per hour for {said}.",
+        "How many kilometres does it travel?", speed * hours,
+    )
+
+
+def _np_ages(rng: random.Random) -> Problem:
+    a, b = rng.sample(NAMES, 2)
+    age, gap, later = rng.randint(5, 50), rng.randint(1, 30), rng.randint(2, 20)
+    return (
+        f"{a} is {age} years old. {b} is {gap} years older than {a}.",
+        f"How old will {b} be in {later} years?", Fraction(age + gap + later),
+    )
+
+
+def _np_rope(rng: random.Random) -> Problem:
+    pieces = rng.choice([2, 4, 5, 8])
+    length = rng.randint(3, 60)
+    what = rng.choice(["rope", "ribbon", "plank", "pipe", "cable"])
+    return (
+        f"A {what} {length} metres long is cut into {pieces} pieces of equal length.",
+        "How long is each piece, in metres?", Fraction(length, pieces),
+    )
+
+
+def _np_sale(rng: random.Random) -> Problem:
+    item = rng.choice(["jacket", "lamp", "bicycle", "kettle", "rug", "clock", "desk"])
+    price, off = 20 * rng.randint(1, 30), rng.choice([10, 20, 25, 50])
+    return (
+        f"A {item} costs {price} dollars. This week it is sold at {off}% off.",
+        "What is the sale price in dollars?", Fraction(price * (100 - off), 100),
+    )
+
+
+def _np_savings(rng: random.Random) -> Problem:
+    name = rng.choice(NAMES)
+    weekly, weeks, start = rng.randint(3, 40), rng.randint(2, 30), rng.randint(0, 50)
+    return (
+        f"{name} has {start} dollars and saves {weekly} dollars every week.",
+        f"How many dollars will {name} have after {weeks} weeks?", Fraction(start + weekly * weeks),
+    )
+
+
+def _np_rows(rng: random.Random) -> Problem:
+    what = rng.choice(["chairs", "trees", "tulips", "desks", "tents"])
+    rows, per, missing = rng.randint(3, 20), rng.randint(4, 15), rng.randint(1, 3)
+    return (
+        f"A field has {rows} rows of {what} with {per} {what} in each row, but {missing} rows have one {what[:-1]} missing.",
+        f"How many {what} are there in all?", Fraction(rows * per - missing),
+    )
+
+
+NUMERIC_PROBLEMS = [_np_bare, _np_change, _np_share, _np_stock, _np_distance, _np_ages, _np_rope, _np_sale,
+                    _np_savings, _np_rows]
+
+
+def numeric_example(rng: random.Random, has_context: bool = False) -> Example | None:
+    """One arithmetic word problem and its true answer, or None when the drawn template does
+    not fit (a bare sum has no setup to put in a context)."""
+    setup, ask, answer = rng.choice(NUMERIC_PROBLEMS)(rng)
+    # Every template's answer is an integer or a short exact decimal (halves, quarters, eighths).
+    label = canonical_number(answer.numerator if answer.denominator == 1 else answer.numerator / answer.denominator)
+    if label is None:
+        return None
+    if has_context:
+        return Example(ask, (), label, setup) if setup else None
+    return Example(f"{setup} {ask}".strip(), (), label, None)
+
+
+def numeric_pool(n: int = 5000, seed: int = 0, has_context: bool = False) -> list[Example]:
+    """``n`` distinct arithmetic word problems with their true answers (format ``numeric``,
+    or ``numeric_open`` with the problem's setup as the context); the same for the same seed."""
+    fmt = TaskFormat("numeric", 0, has_context)
+    rng = random.Random(f"treegen-synthetic:{fmt.name}:{seed}")
+    out: list[Example] = []
+    seen: set[str] = set()
+    for _ in range(n * 20):  # bounded, like synthetic_pool
+        if len(out) >= n:
+            break
+        ex = numeric_example(rng, has_context)
+        if ex is None:
+            continue
+        key = dedup_key(ex)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(ex)
+    return out
+
+
 def synthetic_pool(fmt: TaskFormat, n: int = 5000, seed: int = 0) -> list[Example]:
     """``n`` distinct (by dedup key) correct examples of ``fmt``, the same for the same seed."""
+    if fmt.kind == "numeric":
+        return numeric_pool(n, seed, fmt.has_context)
     if fmt.kind == "mcqa" and not 2 <= fmt.n_options <= MAX_OPTIONS:
         raise InputError(
             f"The synthetic pool makes multiple-choice examples with 2 to {MAX_OPTIONS} options, "

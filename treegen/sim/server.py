@@ -11,6 +11,16 @@ usage, 200s with HTML / empty / non-JSON bodies, requests never answered, error 
 echo the Authorization header). With a ``response_format`` the reply is one JSON object
 ``{"examples": [...]}``. The Batch API (/v1/files, /v1/batches) lives in ``batch.py``.
 
+The quality requests of issue 14 (notes/QUALITY_PROTOCOL.md) are told apart by the
+``json_schema`` name, else by the last line of the user message (``request_kind``). The pool
+knows every item's true label, looked up without the candidate's label (``_Pool.lookup``):
+verify replies answer it with probability ``verify_accuracy`` (else a wrong answer; a random
+one for an item not in the pool), judge replies score it (8-10 right label, 2-4 wrong, 5-7
+unknown), attributes replies list what the pool can honour (``length`` terciles; ``topic`` of
+a synthetic pool), a generation prompt's ``Attributes:`` line restricts sampling to matching
+items, and a harder rewrite is one near pool item with a longer question. Label flips apply to
+generation and rewrites only; a flipped item keeps its question, so its truth is still found.
+
 Determinism: a reply's content is a pure function of (config.seed, the request's ``seed``,
 the messages), whatever the concurrency. Transport faults (error, hang) are drawn from the
 same key plus the number of times that identical request was seen before, so a retry can
@@ -24,6 +34,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import select
 import socket
 import threading
@@ -32,14 +43,19 @@ import urllib.parse
 import uuid
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from treegen.errors import ConfigError
-from treegen.task import Example, InvalidExample, TaskFormat, dedup_key, example_from_dict, load_examples
+from treegen.errors import ConfigError, TreegenError
+from treegen.task import (
+    YESNO_OPTIONS, Example, InvalidExample, TaskFormat, dedup_key, example_from_dict, load_examples, normalise_text,
+    option_key,
+)
 from treegen.prompts import read_prompt
+from treegen.schema import answer_to_label
 from treegen.sim.batch import BatchStore
 from treegen.sim.pool import synthetic_pool
 from treegen.tokens import count_messages, count_text, encoding_name_for_model, get_encoding
@@ -82,12 +98,14 @@ class SimConfig:
     batch_delay_s: float = 0.0  # seconds from create to completed; 0: done on the next retrieve
     batch_fail_rate: float = 0.0  # per request: an error line with status 500
     batch_expire_rate: float = 0.0  # per request: not done in the window, error line "batch_expired"
+    # Verification requests: per candidate, the chance the answer is the pool's true label.
+    verify_accuracy: float = 0.9
 
     def validate(self) -> None:
         """ConfigError naming the first setting out of range."""
         for name in ("error_rate", "timeout_rate", "malformed_rate", "truncate_rate", "wrong_count_rate",
                      "label_flip_rate", "duplicate_rate", "body_fault_rate", "hang_rate", "batch_fail_rate",
-                     "batch_expire_rate"):
+                     "batch_expire_rate", "verify_accuracy"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{_flag(name)} is {value}, but rates are probabilities: give a number from 0 to 1.")
@@ -118,9 +136,14 @@ def temperature_tau(temperature: float) -> float:
 
 
 class _Pool:
-    """Examples of one task format with a TF-IDF index (sparse, L2-normalised rows)."""
+    """Examples of one task format with a TF-IDF index (sparse, L2-normalised rows).
 
-    def __init__(self, examples: list[Example], vectorizer: Any, matrix: Any):
+    It also knows each item's true label by a label-free key (``lookup``), and the
+    attributes the simulator can honour: ``length`` (short / medium / long by the terciles
+    of the pool's question word counts) and, for a synthetic pool, ``topic``.
+    """
+
+    def __init__(self, examples: list[Example], vectorizer: Any, matrix: Any, synthetic: bool = False):
         self.examples = examples
         self.vectorizer = vectorizer
         self.columns = matrix.tocsc()  # column slices for the few terms of a query
@@ -132,14 +155,59 @@ class _Pool:
         self.by_key: dict[str, list[int]] = {}
         for i, key in enumerate(self.keys):
             self.by_key.setdefault(key, []).append(i)
+        # Options may come back reordered or reworded: the question (and context) alone also finds an item.
+        self.by_question: dict[str, list[int]] = {}
+        for i, ex in enumerate(examples):
+            self.by_question.setdefault(_question_key(ex.question, ex.context), []).append(i)
+        self.words = np.array([_words(ex.question) for ex in examples], dtype=np.int64)
+        self.attributes: dict[str, np.ndarray] = {"length": _length_buckets(self.words)}
+        if synthetic:
+            topics = [_synthetic_topic(ex) for ex in examples]
+            if topics and all(topics):  # only when every item's family is recognised
+                self.attributes["topic"] = np.array(topics, dtype=object)
 
     @classmethod
-    def fit(cls, examples: list[Example]) -> "_Pool":
+    def fit(cls, examples: list[Example], synthetic: bool = False) -> "_Pool":
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         vec = TfidfVectorizer(lowercase=True, sublinear_tf=True, dtype=np.float32, min_df=1)
         matrix = vec.fit_transform([ex.text() for ex in examples])
-        return cls(examples, vec, matrix)
+        return cls(examples, vec, matrix, synthetic)
+
+    def lookup(self, question: str, context: str | None, options: Sequence[str]) -> int | None:
+        """The pool index of a candidate given WITHOUT its label, or None when it is not a pool item.
+
+        By the dedup key (question, context, options in any order), else by question and
+        context alone when one of those items has its true label among the candidate's options."""
+        found = self.by_key.get(dedup_key(Example(question, tuple(options), "", context)))
+        if found:
+            return found[0]
+        wanted = {option_key(o) for o in options}
+        for i in self.by_question.get(_question_key(question, context), ()):
+            if not options or option_key(self.examples[i].label) in wanted:
+                return i
+        return None
+
+    def dimensions(self) -> list[tuple[str, list[str]]]:
+        """The attribute dimensions this pool can honour, with the values its items have."""
+        order = {"length": ["short", "medium", "long"]}
+        out = []
+        for name, values in self.attributes.items():
+            present = set(values.tolist())
+            out.append((name, [v for v in order[name] if v in present] if name in order else sorted(present)))
+        return out
+
+    def allowed(self, choice: dict[str, str]) -> np.ndarray | None:
+        """Mask of the items that have every attribute value asked for that this pool knows;
+        None when nothing asked applies (unknown names are ignored)."""
+        mask: np.ndarray | None = None
+        for name, value in choice.items():
+            values = self.attributes.get(name.strip().lower())
+            if values is None:
+                continue
+            hit = values == value.strip().lower()
+            mask = hit if mask is None else mask & hit
+        return mask
 
     def similarities(self, texts: list[str]) -> np.ndarray:
         """Cosine similarity of every pool item to the joined texts (one dense vector)."""
@@ -183,6 +251,7 @@ class Simulator:
         self._stats: dict[str, Any] = {
             "simulated": True, "requests": 0, "by_status": Counter(), "prompt_tokens": 0,
             "completion_tokens": 0, "rate_limited": 0, "hangs": 0, "never_answered": 0, "hangs_abandoned": 0,
+            "kinds": Counter(),  # replies per request kind (generate, verify, attributes, harder, judge)
         }
         self.batches = BatchStore(
             config.seed, config.batch_delay_s, config.batch_fail_rate, config.batch_expire_rate, self.batch_reply
@@ -226,6 +295,7 @@ class Simulator:
         with self._lock:
             out = dict(self._stats)
             out["by_status"] = {str(k): v for k, v in sorted(self._stats["by_status"].items())}
+            out["kinds"] = {k: self._stats["kinds"][k] for k in KINDS}
         out.update(self.batches.counts())
         out["config"] = asdict(self.config)
         out["config"].pop("api_key", None)
@@ -346,13 +416,14 @@ class Simulator:
             messages=messages, model=model, max_tokens=max_tokens, temperature=float(temperature),
             structure=structure, prompt_tokens=count_messages(messages, model),
             key=_request_key(self.config.seed, req.get("seed"), messages),
+            kind=request_kind(messages, _schema_name(req.get("response_format"))),
         )
 
     def _complete(self, chat: "_ChatRequest") -> dict:
         """The chat.completion body for a validated request (counted in the stats)."""
         cfg = self.config
         floor = 3 * chat.max_tokens if cfg.ignore_max_tokens and chat.max_tokens else None
-        content, finish = self.reply_content(chat.messages, chat.temperature, chat.key, chat.structure, floor)
+        content, finish = self.reply_content(chat.messages, chat.temperature, chat.key, chat.structure, floor, chat.kind)
         if floor is None:
             content, finish, completion_tokens = _cap_tokens(content, finish, chat.max_tokens, chat.model)
         else:
@@ -362,6 +433,7 @@ class Simulator:
         with self._lock:
             self._stats["prompt_tokens"] += chat.prompt_tokens
             self._stats["completion_tokens"] += completion_tokens
+            self._stats["kinds"][chat.kind] += 1
         return {
             "id": "chatcmpl-sim-" + uuid.uuid4().hex[:24],
             "object": "chat.completion",
@@ -437,12 +509,18 @@ class Simulator:
 
     def reply_content(
         self, messages: list[dict[str, str]], temperature: float, key: str,
-        structure: "Structure | None" = None, min_tokens: int | None = None,
+        structure: "Structure | None" = None, min_tokens: int | None = None, kind: str | None = None,
     ) -> tuple[str, str]:
         """The assistant text and finish_reason for a prompt; deterministic in ``key``.
 
         ``structure``: a response_format asked for; the reply is one JSON object.
-        ``min_tokens``: make the reply longer than this (the ``ignore_max_tokens`` fault)."""
+        ``min_tokens``: make the reply longer than this (the ``ignore_max_tokens`` fault).
+        ``kind``: what the request asks for (``request_kind``; read from the messages when None):
+        generation and harder rewrites are pool items, verify / judge / attributes are one
+        JSON object built from the pool's true labels."""
+        kind = kind or request_kind(messages)
+        if kind in ("verify", "judge", "attributes"):
+            return self._object_reply(kind, messages, key, structure, min_tokens)
         rng = np.random.default_rng(int(key[:16], 16))
         r = random.Random(key)
         cfg = self.config
@@ -451,16 +529,19 @@ class Simulator:
         fmt = context_examples[0].infer_format() if context_examples else (self.pool_format or TaskFormat.parse("yesno_close"))
         pool = self.pool_for(fmt)
 
-        if r.random() < cfg.wrong_count_rate:
-            k += r.choice([d for d in (-2, -1, 1, 2, 3) if k + d >= 1])
-        items = self._sample(pool, context_examples, k, temperature, rng)
+        if kind == "harder":
+            items = self._harder(pool, context_examples[:1], temperature, rng)
+        else:
+            if r.random() < cfg.wrong_count_rate:
+                k += r.choice([d for d in (-2, -1, 1, 2, 3) if k + d >= 1])
+            items = self._sample(pool, context_examples, k, temperature, rng, pool.allowed(attribute_choice(messages)))
         if min_tokens is not None:
             items = self._longer(pool, context_examples, items, temperature, rng, min_tokens)
         items = [dict(it) for it in items]
         for i, it in enumerate(items):
             if r.random() < cfg.label_flip_rate:
-                others = [o for o in it["options"] if o != it["label"]]
-                it["label"] = r.choice(others)
+                # Only the label changes: the question still finds the item's true label.
+                it["label"] = _wrong_label(it, r)
             if r.random() < cfg.duplicate_rate:
                 sources = [ex.to_dict() for ex in context_examples] + items[:i]
                 if sources:
@@ -477,6 +558,91 @@ class Simulator:
             return text[:cut], "length"
         return text, "stop"
 
+    # -- verify, judge, attributes: one JSON object ----------------------------------------------
+
+    def _object_reply(
+        self, kind: str, messages: list[dict[str, str]], key: str, structure: "Structure | None", min_tokens: int | None,
+    ) -> tuple[str, str]:
+        """``{"verdicts": [...]}`` / ``{"scores": [...]}`` / ``{"attributes": [...]}``, with the
+        content faults (malformed, truncated) and, without a response_format, sometimes fenced."""
+        r = random.Random(f"{key}:{kind}")
+        cfg = self.config
+        entries: list[dict[str, Any]]
+        if kind == "verify":
+            wrapper, entries = "verdicts", self._verdicts(messages, r)
+        elif kind == "judge":
+            wrapper, entries = "scores", self._scores(messages, r)
+        else:
+            wrapper, entries = "attributes", self._dimensions(messages)
+        if min_tokens is not None:
+            entries = _pad_entries(entries, min_tokens)
+        text = json.dumps({wrapper: entries}, ensure_ascii=False)
+        fenced, malformed, truncated = r.random() < 0.3, r.random() < cfg.malformed_rate, r.random() < cfg.truncate_rate
+        if structure is None and fenced:
+            text = f"```json\n{text}\n```"
+        if malformed:
+            if r.random() < 0.3 or not entries:
+                return "I'm sorry, but I can't help with that.", "stop"
+            # Some entries lose a colon (as with real models, the others still read).
+            parts = [json.dumps(e, ensure_ascii=False) for e in entries]
+            parts = [p.replace('": ', '" ', 1) if r.random() < 0.5 else p for p in parts]
+            return "{" + json.dumps(wrapper) + ": [" + ", ".join(parts) + "]}", "stop"
+        if truncated and len(text) > 2:
+            return text[: r.randint(1, len(text) - 2)], "length"
+        return text, "stop"
+
+    def _truth(self, question: Any, context: Any, options: list[str]) -> tuple[TaskFormat | None, str | None]:
+        """A candidate's task format and its true label, looked up without its label (None: not a pool item)."""
+        context = context if isinstance(context, str) and context.strip() else None
+        fmt = _format_of(options, context)
+        if fmt is None or not isinstance(question, str):
+            return fmt, None
+        try:
+            pool = self.pool_for(fmt)
+        except TreegenError:  # a format no pool can hold (e.g. too many options for the synthetic one)
+            return fmt, None
+        i = pool.lookup(question, context, options)
+        return fmt, None if i is None else pool.examples[i].label
+
+    def _verdicts(self, messages: list[dict[str, str]], r: random.Random) -> list[dict[str, Any]]:
+        """Each candidate's answer: its true label with probability ``verify_accuracy``, else a
+        wrong one; a random answer for a candidate that is not in the pool."""
+        out = []
+        for pos, obj in enumerate(_candidate_lines(messages), 1):
+            options = _options_of(obj)
+            fmt, truth = self._truth(obj.get("question"), obj.get("context"), options)
+            right = r.random() < self.config.verify_accuracy  # drawn for every candidate
+            out.append({"id": _id_of(obj, pos), "answer": _answer(fmt, options, truth, right, r)})
+        return out
+
+    def _scores(self, messages: list[dict[str, str]], r: random.Random) -> list[dict[str, Any]]:
+        """Judge scores: 8-10 for the true label, 2-4 for another, 5-7 when the item is unknown."""
+        out = []
+        for pos, obj in enumerate(_candidate_lines(messages), 1):
+            options = _options_of(obj)
+            fmt, truth = self._truth(obj.get("question"), obj.get("context"), options)
+            label = obj.get("label")
+            if label is None and "answer" in obj:
+                label = obj["answer"] if not options else answer_to_label(obj).get("label")
+            if fmt is None or truth is None:
+                score = r.randint(5, 7)
+            elif _same_label(label, truth, fmt):
+                score = r.randint(8, 10)
+            else:
+                score = r.randint(2, 4)
+            out.append({"id": _id_of(obj, pos), "score": score})
+        return out
+
+    def _dimensions(self, messages: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """The attribute dimensions the pool of the seeds' format can honour."""
+        shown = _valid(read_prompt(messages)[0])
+        fmt = shown[0].infer_format() if shown else (self.pool_format or TaskFormat.parse("yesno_close"))
+        try:
+            pool = self.pool_for(fmt)
+        except TreegenError:
+            return []
+        return [{"name": name, "values": values} for name, values in pool.dimensions()]
+
     def _longer(
         self, pool: _Pool, shown: list[Example], items: list[dict], temperature: float,
         rng: np.random.Generator, min_tokens: int,
@@ -492,7 +658,18 @@ class Simulator:
                 return out
             want = min(20_000, want * 2)
 
-    def _sample(self, pool: _Pool, shown: list[Example], k: int, temperature: float, rng: np.random.Generator) -> list[dict]:
+    def _harder(self, pool: _Pool, shown: list[Example], temperature: float, rng: np.random.Generator) -> list[dict]:
+        """The simulator's "harder" rewrite: one pool item near the shown example with a longer
+        question (any near item when none is longer)."""
+        if not shown:
+            return self._sample(pool, [], 1, temperature, rng)
+        return self._sample(pool, shown, 1, temperature, rng, pool.words > _words(shown[0].question))
+
+    def _sample(
+        self, pool: _Pool, shown: list[Example], k: int, temperature: float, rng: np.random.Generator,
+        allowed: np.ndarray | None = None,
+    ) -> list[dict]:
+        """k items near the shown ones; ``allowed``: only those items (all, when none of them is left)."""
         n = len(pool.examples)
         if n == 0 or k <= 0:
             return []
@@ -504,6 +681,10 @@ class Simulator:
                     sims[j] = -np.inf
         else:
             sims = np.zeros(n, dtype=np.float32)
+        if allowed is not None:
+            restricted = np.where(allowed, sims, -np.inf).astype(np.float32)
+            if np.isfinite(restricted).any():
+                sims = restricted
         # Gumbel top-k: the same as drawing k times without replacement with weights
         # exp(sim / tau), in one vectorised step.
         scores = sims / temperature_tau(temperature) + rng.gumbel(size=n)
@@ -518,7 +699,231 @@ class Simulator:
 @functools.lru_cache(maxsize=16)
 def _synthetic_index(fmt: TaskFormat, seed: int) -> _Pool:
     """Synthetic pools are the same for the same format and seed: index each once per process."""
-    return _Pool.fit(synthetic_pool(fmt, seed=seed))
+    return _Pool.fit(synthetic_pool(fmt, seed=seed), synthetic=True)  # numeric formats too (numeric_pool)
+
+
+# -- request kinds (QUALITY_PROTOCOL.md) -----------------------------------------------------
+
+KINDS = ("generate", "verify", "attributes", "harder", "judge")
+# response_format json_schema name -> kind
+SCHEMA_KINDS = {"examples": "generate", "verdicts": "verify", "attributes": "attributes", "harder": "harder", "judge": "judge"}
+# the last line of the user message -> kind (without a json_schema name)
+LAST_LINE_KINDS = {
+    "Answer every question.": "verify", "List the attributes.": "attributes",
+    "Rewrite it as 1 harder example.": "harder", "Score every example.": "judge",
+}
+_WRITE_K = re.compile(r"Write \d+ new examples?\.")
+_ATTRIBUTE_LINE = re.compile(r"^\s*Attributes:(.*)$", re.MULTILINE)
+
+
+def request_kind(messages: Sequence[dict[str, str]], schema_name: str | None = None) -> str:
+    """What a chat request asks for: the json_schema name when it is one of ours, else the
+    last line of the last user message; anything else is answered as a generation request."""
+    if schema_name in SCHEMA_KINDS:
+        return SCHEMA_KINDS[schema_name]
+    lines = [ln.strip() for ln in _last_user(messages).splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    if _WRITE_K.fullmatch(last):
+        return "generate"
+    return LAST_LINE_KINDS.get(last, "generate")
+
+
+def _schema_name(response_format: Any) -> str | None:
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema")
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+            return spec["name"]
+    return None
+
+
+def _last_user(messages: Sequence[dict[str, str]]) -> str:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return str(m.get("content", ""))
+    return ""
+
+
+def _json_lines(text: str) -> list[dict]:
+    """Every line of ``text`` that is one JSON object."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+    return out
+
+
+def attribute_choice(messages: Sequence[dict[str, str]]) -> dict[str, str]:
+    """The ``Attributes: name=value; name=value`` line of a generation prompt, as a dict (lower case)."""
+    found = _ATTRIBUTE_LINE.findall(_last_user(messages))
+    choice: dict[str, str] = {}
+    if found:
+        for part in found[-1].split(";"):
+            name, eq, value = part.partition("=")
+            if eq and name.strip() and value.strip():
+                choice[name.strip().lower()] = value.strip().lower()
+    return choice
+
+
+def _question_key(question: str, context: str | None) -> str:
+    return f"{normalise_text(context)}\n{normalise_text(question)}"
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _length_buckets(words: np.ndarray) -> np.ndarray:
+    """short / medium / long by the terciles of the word counts (ties go to the shorter bucket)."""
+    if len(words) == 0:
+        return np.array([], dtype=object)
+    low, high = np.percentile(words, [100 / 3, 200 / 3])
+    return np.where(words <= low, "short", np.where(words <= high, "medium", "long")).astype(object)
+
+
+# The synthetic pool's template families, recognised by their wording (treegen/sim/pool.py).
+_TOPICS = [
+    ("divisibility", re.compile(r"\bdivisible by\b")),
+    ("arithmetic", re.compile(r"\b(plus|minus|times)\b")),
+    ("number comparison", re.compile(r"\b(largest|biggest|greater than)\b")),
+    ("taxonomy", re.compile(r"\b(kind of|one of the following is|name the)\b", re.IGNORECASE)),
+    ("unit conversion", re.compile(r"\bare there\b", re.IGNORECASE)),
+    ("calendar", re.compile(r"\b(after|earliest|earlier)\b")),
+]
+_PASSAGE_TOPICS = [("ages", "years old."), ("shop stock", "shop in"), ("timetable", "The train from")]
+
+
+def _synthetic_topic(ex: Example) -> str | None:
+    if ex.context:
+        return next((name for name, mark in _PASSAGE_TOPICS if mark in ex.context), None)
+    return next((name for name, pattern in _TOPICS if pattern.search(ex.question)), None)
+
+
+def _format_of(options: Sequence[str], context: str | None) -> TaskFormat | None:
+    """A candidate's task format from its options (none: numeric, when that format exists)."""
+    has_context = bool(context and str(context).strip())
+    if not options:
+        try:
+            return TaskFormat.parse("numeric_open" if has_context else "numeric")
+        except TreegenError:  # a version of treegen without the numeric format
+            return None
+    if tuple(options) == YESNO_OPTIONS:
+        return TaskFormat("yesno", 2, has_context)
+    return TaskFormat("mcqa", len(options), has_context)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _canonical(x: float) -> str:
+    """A number written as treegen's numeric labels are: "42", "3.5"."""
+    if x == int(x) and abs(x) < 1e15:
+        return str(int(x))
+    return format(Decimal(repr(round(x, 6))).normalize(), "f")
+
+
+def _wrong_number(x: float, r: random.Random) -> float:
+    step = r.randint(1, max(3, int(abs(x) // 5)))
+    return x + step * r.choice((-1, 1))
+
+
+def _expression(x: float, r: random.Random) -> str:
+    """A short arithmetic expression whose value is ``x`` (what a verifier writes for numeric tasks)."""
+    a = r.randint(1, 20)
+    if x != int(x) or abs(x) >= 1e15:
+        return f"({_canonical(x + a)})-{a}"
+    n = int(x)
+    divisors = [d for d in range(2, 10) if n and n % d == 0]
+    form = r.randrange(3 if divisors else 2)
+    if form == 0:
+        return f"({n - a})+{a}"
+    if form == 1:
+        return f"({n + a})-{a}"
+    d = r.choice(divisors)
+    return f"{d}*({n // d})"
+
+
+def _same_label(given: Any, truth: str, fmt: TaskFormat) -> bool:
+    if fmt.kind == "numeric":
+        a, b = _number(given), _number(truth)
+        return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+    if isinstance(given, bool):
+        given = "True" if given else "False"
+    return isinstance(given, str) and option_key(given) == option_key(truth)
+
+
+def _candidate_lines(messages: Sequence[dict[str, str]]) -> list[dict]:
+    """The candidates of a verify or judge request: the user message's JSON lines with a question."""
+    return [obj for obj in _json_lines(_last_user(messages)) if "question" in obj]
+
+
+def _options_of(obj: dict) -> list[str]:
+    options = obj.get("options")
+    if not isinstance(options, list):
+        return []
+    return [("True" if o else "False") if isinstance(o, bool) else str(o) for o in options]
+
+
+def _id_of(obj: dict, position: int) -> int:
+    value = obj.get("id")
+    return value if isinstance(value, int) and not isinstance(value, bool) else position
+
+
+def _answer(fmt: TaskFormat | None, options: list[str], truth: str | None, right: bool, r: random.Random) -> str | int:
+    """A verifier's answer in the protocol's form: "True"/"False", an option number, or an
+    arithmetic expression (numeric); the true label when ``right``, else a wrong one, and a
+    random one when the truth is unknown."""
+    if not options:  # numeric
+        x = _number(truth)
+        if x is None:
+            return _expression(float(r.randint(0, 100)), r)
+        return _expression(x if right else _wrong_number(x, r), r)
+    index = next((i for i, o in enumerate(options) if truth is not None and option_key(o) == option_key(truth)), None)
+    if index is None:
+        choice = r.randrange(len(options))
+    elif right:
+        choice = index
+    else:
+        choice = r.choice([i for i in range(len(options)) if i != index])
+    if fmt is not None and fmt.kind == "yesno":
+        return options[choice]
+    return choice + 1
+
+
+def _wrong_label(item: dict, r: random.Random) -> str:
+    """Another option (or, for a numeric item, another number) than the item's label."""
+    others = [o for o in item["options"] if o != item["label"]]
+    if others:
+        return str(r.choice(others))
+    x = _number(item["label"])
+    return item["label"] if x is None else _canonical(_wrong_number(x, r))
+
+
+def _pad_entries(entries: list[dict[str, Any]], min_tokens: int) -> list[dict[str, Any]]:
+    """The entries repeated (ids counting on) until their JSON is over ``min_tokens`` tokens:
+    the ``ignore_max_tokens`` fault for the one-object replies."""
+    base = entries or [{"id": 1}]
+    out = list(entries)
+    per = max(1, count_text(json.dumps(base, ensure_ascii=False), "gpt-4o") // len(base))
+    want = min(20_000, min_tokens // per + len(base) + 2)
+    while len(out) < want:
+        extra = dict(base[len(out) % len(base)])
+        if "id" in extra:
+            extra["id"] = len(out) + 1
+        out.append(extra)
+    return out
 
 
 def _valid(objs: list[dict]) -> list[Example]:
@@ -556,6 +961,7 @@ class _ChatRequest:
     structure: "Structure | None"
     prompt_tokens: int
     key: str
+    kind: str = "generate"  # see request_kind
 
 
 @dataclass

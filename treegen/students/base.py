@@ -78,8 +78,20 @@ def is_yesno(examples: list[Example]) -> bool:
     return bool(examples) and tuple(examples[0].options) == YESNO_OPTIONS
 
 
+def require_choice_format(fmt: TaskFormat, what: str = "The data") -> None:
+    """StudentError unless ``fmt`` has options: students choose among options, so a numeric
+    task (a number for an answer, no options) cannot train or evaluate one."""
+    if not fmt.has_options:
+        raise StudentError(
+            f"{what} is {fmt.name} (the answer is a number, there are no options): students need a "
+            "multiple-choice or yes/no task. Train a student on an mcqa_K or yesno run, data file or --human task."
+        )
+
+
 def check_train(name: str, min_train: int, train: list[Example], dev: list[Example] | None = None) -> TaskFormat:
     """The task format of ``train``; StudentError when it cannot train the ``name`` student."""
+    if train:
+        require_choice_format(train[0].infer_format(), f"The training data of the {name} student")
     if len(train) < min_train:
         raise StudentError(
             f"The {name} student needs at least {min_train} training examples, got {len(train)}. "
@@ -332,6 +344,8 @@ class LinearStudent:
     def _check_ready(self, examples: list[Example]) -> None:
         if self.coef is None or self.fmt is None:
             raise StudentError(f"The {self.name} student is not trained: call fit() or load a saved one.")
+        if examples:
+            require_choice_format(examples[0].infer_format(), "The data to score")
         if examples and is_yesno(examples) != (self.fmt.kind == "yesno"):
             raise StudentError(
                 f"This student was trained on {self.fmt.name} data and cannot score "
