@@ -259,3 +259,38 @@ def test_numeric_labels_are_checked_by_the_verifiers_arithmetic(tmp_path):
     replies = [t for (t,) in q(run, "select response_text from calls where purpose = 'verify' and status = 'ok'")]
     answers = [v["answer"] for t in replies for v in json.loads(t)["verdicts"]]
     assert answers and all(isinstance(a, str) and any(op in a for op in "+-*/") for a in answers)
+
+
+def test_resume_judges_a_verified_reply_with_the_votes_already_paid_for(tmp_path, yesno_seeds, strategyqa_pool):
+    """A session killed after the verify calls were answered but before the candidates were
+    decided: the resume decides them with the recorded votes (no new verify call), and a reply
+    whose verification never happened is not accepted unverified."""
+    with SimServer(SimConfig(pool_path=str(strategyqa_pool), label_flip_rate=0.3, verify_accuracy=1.0)) as srv:
+        result = cli("run", yesno_seeds, "--base-url", srv.base_url, "--max-calls", 12, "-c", 1, "--verify",
+                     "--out", tmp_path / "r", "--quiet")
+        assert result.exit_code == 0, result.output
+        run = only_run(tmp_path / "r")
+        gen = [i for (i,) in q(run, "select id from calls where coalesce(purpose, 'generate') = 'generate' "
+                                    "and status = 'ok' order by id desc limit 2")]
+        last, before = gen
+        before_nodes = q(run, "select question, status, reason, label from nodes where call_id = ? order by id", (last,))
+        assert before_nodes
+        con = sqlite3.connect(run / "treegen.db")
+        with con:
+            # Undo the decisions of the last two replies, as if the process died before them;
+            # the second-to-last also loses its verify calls (it died before verifying).
+            for cid in gen:
+                con.execute("delete from nodes where call_id = ? and id not in "
+                            "(select parent_id from nodes where parent_id is not null)", (cid,))
+                con.execute("update calls set n_parsed = null, n_accepted = null where id = ?", (cid,))
+            con.execute("delete from calls where for_call_id = ?", (before,))
+        con.close()
+        verify_calls = q(run, "select count(*) from calls where purpose = 'verify'")[0][0]
+        result = cli("resume", run, "--max-calls", 12, "--quiet", "--base-url", srv.base_url)
+        assert result.exit_code == 0, result.output
+    assert q(run, "select count(*) from calls where purpose = 'verify'")[0][0] == verify_calls  # nothing re-asked
+    after = q(run, "select question, status, reason, label from nodes where call_id = ? order by id", (last,))
+    assert after == before_nodes
+    unverified = q(run, "select status, reason from nodes where call_id = ?", (before,))
+    assert unverified and all(s == "rejected" for s, _ in unverified)
+    assert any(r == "unverified" for _, r in unverified)
