@@ -70,6 +70,21 @@ class Trial:
     time_over: float = 0.0
     tracebacks: int = 0
     traceback_tail: str = ""  # the last lines of the first output holding a Traceback
+    quality: list[str] = field(default_factory=list)  # --quality: the modules' flags of this trial
+
+
+def random_quality(rng: random.Random) -> list[str]:
+    """Quality modules for a trial (``--quality``): their extra calls must keep every guarantee."""
+    flags: list[str] = []
+    if rng.random() < 0.7:
+        flags += ["--verify", rng.choice(["reject", "relabel"]), "--votes", str(rng.choice([1, 1, 3]))]
+    if rng.random() < 0.3:
+        flags += ["--harder", "0.3"]
+    if rng.random() < 0.3:
+        flags += ["--attributes", "auto"]
+    if rng.random() < 0.3:
+        flags += ["--constraint", "question at most 25 words"]
+    return flags
 
 
 def random_faults(rng: random.Random) -> dict[str, Any]:
@@ -155,7 +170,7 @@ def run_trial(trial: Trial, seeds: Path, root: Path, rng: random.Random, price: 
     with SimServer(SimConfig(**trial.faults)) as srv:
         args = ["run", str(seeds), "--backend", "openai", "--base-url", srv.base_url, "--model", MODEL,
                 "--embedder", "hashing", "-c", str(trial.concurrency), "--timeout", "2", "--max-retries", "3",
-                "--out", str(out), "--name", name, "--quiet", *cap_flags(trial.caps)]
+                "--out", str(out), "--name", name, "--quiet", *cap_flags(trial.caps), *trial.quality]
         proc = treegen(args)
         before: set[tuple] = set()
         if trial.kill_after is not None:
@@ -234,6 +249,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="Keep the runs here (default: a temp folder, removed).")
     parser.add_argument("--kill-share", type=float, default=0.5, help="Share of trials killed with SIGKILL.")
+    parser.add_argument("--quality", action="store_true",
+                        help="Also turn on quality modules at random (verify, votes, harder, attributes, constraints).")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     root = args.out or Path(tempfile.mkdtemp(prefix="treegen-soak-"))
@@ -248,6 +265,9 @@ def main() -> None:
     for i in range(args.runs):
         trial = Trial(i, random_faults(rng), random_caps(rng), rng.choice([1, 2, 4, 8, 16, 32]),
                       rng.uniform(0.2, 3.0) if rng.random() < args.kill_share else None)
+        if args.quality:
+            trial.quality = random_quality(rng)
+            trial.faults = {**trial.faults, "label_flip_rate": 0.2, "verify_accuracy": 0.9}
         run_trial(trial, seeds, root, rng, price)
         trials.append(trial)
         print(f"# {i + 1}/{args.runs} c={trial.concurrency} kill={trial.kill_after and round(trial.kill_after, 1)} "
@@ -265,7 +285,14 @@ def main() -> None:
     statuses = Counter(t.status or "(no run)" for t in trials)
     exits = Counter(t.exit_codes[-1] if t.exit_codes else None for t in trials)
     print("SIMULATED: every reply comes from treegen's simulator (no model, no cost).\n")
-    print(f"Command: `python benchmarks/bench_soak.py --runs {args.runs} --seed {args.seed}`  ")
+    print(f"Command: `python benchmarks/bench_soak.py --runs {args.runs} --seed {args.seed}"
+          f"{' --quality' if args.quality else ''}`  ")
+    if args.quality:
+        with_verify = sum("--verify" in t.quality for t in trials)
+        print(f"Quality modules on at random: {with_verify} trials with --verify, "
+              f"{sum('--harder' in t.quality for t in trials)} with --harder, "
+              f"{sum('--attributes' in t.quality for t in trials)} with --attributes auto, "
+              f"{sum('--constraint' in t.quality for t in trials)} with a constraint.  ")
     print(f"Machine: {machine()}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
           f"wall time {wall:.0f} s\n")
     print("| measure | value |")

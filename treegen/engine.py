@@ -139,6 +139,7 @@ class _SideSpec:
     for_call_id: int | None = None
     parent_ids: tuple[int, ...] = ()
     depth: int = 0
+    attempts_before: int = 0  # attempts earlier sessions made of this request (their rows stay)
 
 
 class Engine:
@@ -302,7 +303,7 @@ class Engine:
         local = count_messages(spec.messages, spec.model)
         reserved_prompt = self._reserved_prompt(local)
         rng = random.Random(spec.seed)
-        attempt = 0
+        attempt = spec.attempts_before
         while self.stop_reason is None:
             attempt += 1
             got = await self._reserve_waiting(reserved_prompt, 0, own_task=True, side=spec)
@@ -334,7 +335,7 @@ class Engine:
                 except AttemptFailure as failure:
                     self._record_failure(call_id, failure, int((time.monotonic() - started) * 1000), reservation)
                     self.last_error = redact(failure.message, self._secrets())
-                    if not failure.retryable or attempt > self.cfg.max_retries:
+                    if not failure.retryable or attempt - spec.attempts_before > self.cfg.max_retries:
                         return None
                     if failure.kind == "rate-limit":
                         self.limiter.pause(failure.retry_after or backoff_seconds(attempt, rng))
@@ -455,8 +456,10 @@ class Engine:
             response_format=auto_response_format(self.dialect), max_tokens=min(self.cfg.max_output_tokens, 600),
             model=self.cfg.model, price=self.price, request_key=ATTRIBUTES_SCHEMA_NAME,
             seed=stable_seed(self.cfg.seed, "attributes"), temperature=0.0,
+            attempts_before=self.store.count_purpose("attributes"),
         )
-        text = await self._side_call(spec)
+        # A reply paid for by a session that died before keeping it is used, not asked again.
+        text = self.store.last_module_reply("attributes") or await self._side_call(spec)
         if text is None:
             if self.stop_reason is None:
                 self._stop(RunStatus.FAILED, "--attributes auto: the model could not be asked for attributes "

@@ -118,6 +118,8 @@ def label_key(ex: Example) -> str:
     (an option's text is specific to its question; the answer slot is what a model can exploit)."""
     if tuple(ex.options) == YESNO_OPTIONS:
         return ex.label
+    if not ex.options:
+        return "number"  # numeric answers: no answer slot to balance
     return f"option {ex.label_index + 1}"
 
 
@@ -553,7 +555,9 @@ def measure(
     out.append(Metric("length_ks", ks_statistic(c_len, r_len), n, {"reference_items": len(r_len)}))
 
     # Students.
-    if student:
+    if student and created and not created[0].options:
+        notes.append("students skipped: they need a multiple-choice or yes/no task, and this one's answers are numbers")
+    elif student:
         t = time.perf_counter()
         _student_measures(out, notes, student, created, reference, seed, student_items, step, on_progress)
         timings["students"] = time.perf_counter() - t

@@ -148,6 +148,18 @@ def _cap_text(key: str, value: Any, simulated: bool, model: str | None) -> str:
     return f"{value:,}"
 
 
+def purpose_table(rows: list[dict[str, Any]], console: Console, usd: Any, caption: str | None) -> RenderableType:
+    """Spend per module (``treegen.reports.by_purpose``): what each one cost, and the run's cost
+    per accepted example with it and without it. ``usd(micro, short)`` formats dollars."""
+    cols = ("module", "calls", "tokens", "spent", "share", "accepted", "cost / accepted with", "without")
+    return table("By module (call purpose)", cols, [
+        (r["purpose"], f"{r['calls']:,}", f"{r['tokens']:,}", usd(r["spent_micro"], True), pct(r["share_of_spent"]),
+         f"{r['accepted']:,}", usd(r["cost_per_accepted_with_micro"], True),
+         "-" if r["purpose"] == "generate" else usd(r["cost_per_accepted_without_micro"], True))
+        for r in rows
+    ], console, caption=caption, right=cols[1:])
+
+
 def render_status(summary: dict[str, Any], by_depth: list[dict[str, Any]], by_strategy: list[dict[str, Any]],
                   console: Console) -> None:
     """Print a run's status (``treegen.reports.run_summary`` and its breakdowns)."""
@@ -197,13 +209,17 @@ def render_status(summary: dict[str, Any], by_depth: list[dict[str, Any]], by_st
     if cap_rows:
         parts.append(table("Caps", ("cap", "limit", "used", "share", "in flight"), cap_rows, console,
                            caption=caption, right=("limit", "used", "share", "in flight")))
+    if s.get("by_purpose"):
+        parts.append(purpose_table(s["by_purpose"], console, usd, caption))
     if s["rejected_by_reason"]:
+        # Reasons can be long ("constraint: <its text>"): the cell folds, never cut.
         parts.append(table("Rejections", ("reason", "n"), [(r, f"{n:,}") for r, n in s["rejected_by_reason"].items()],
                            console, right=("n",)))
     for title, key, rows in (("By depth", "depth", by_depth), ("By strategy", "strategy", by_strategy)):
         cols = (key, "nodes", "accepted", "rejected", "calls", "node cost", "spent", "cost / accepted")
         parts.append(table(title, cols, [
-            (r[key], r["nodes"], r["accepted"], r["rejected"], r["calls"], usd(r["cost_micro"], True),
+            # calls outside the tree (a metrics judge) have no depth or strategy: "-"
+            ("-" if r[key] is None else r[key], r["nodes"], r["accepted"], r["rejected"], r["calls"], usd(r["cost_micro"], True),
              usd(r["spent_micro"], True), usd(r["cost_per_accepted_micro"], True)) for r in rows
         ], console, caption=caption, right=cols[1:]))
     if s.get("prices"):
@@ -218,6 +234,20 @@ def render_status(summary: dict[str, Any], by_depth: list[dict[str, Any]], by_st
 
 def _fraction(done: float, total: float | None) -> float | None:
     return max(0.0, min(1.0, done / total)) if total else None
+
+
+def batches_text(p: Progress) -> str | None:
+    """A ``--batch`` run's jobs in flight and their request counts, one clause per batch
+    (``treegen.batching.BatchProgress``); None for a synchronous run's progress."""
+    batches = getattr(p, "batches", None)
+    if batches is None:
+        return None
+    done = int(getattr(p, "batches_done", 0))
+    head = f"{len(batches)} in flight, {done:,} done"
+    each = [f"wave {b.wave} {b.status} {b.completed:,}"
+            + (f"/{b.requests:,}" if b.requests is not None else "") + " done"
+            + (f", {b.failed:,} failed" if b.failed else "") for b in batches]
+    return head + "".join(f"; {e}" for e in each)
 
 
 def render_progress(p: Progress) -> RenderableType:
@@ -246,6 +276,9 @@ def render_progress(p: Progress) -> RenderableType:
     grid.add_row("spent", Text(f"{spent}{cap}"), bar(p.spent_micro, p.max_usd_micro))
     grid.add_row("tokens", f"{p.tokens:,}", "")
     grid.add_row("calls", f"{p.calls:,} ({p.calls_per_minute:,.0f}/min, {p.in_flight} in flight)", "")
+    batches = batches_text(p)
+    if batches is not None:
+        grid.add_row("batches", Text(batches), "")  # folded, never cut
     grid.add_row("depth", str(p.depth), "")
     grid.add_row("rejected", f"{p.rejected:,} ({p.rejection_rate:.0%} of candidates)", "")
     grid.add_row("elapsed", f"{p.elapsed:,.1f} s", "")
@@ -270,6 +303,9 @@ def progress_line(p: Progress) -> str:
         f"rejected {p.rejected:,} ({p.rejection_rate:.0%})",
         f"elapsed {p.elapsed:,.1f} s",
     ]
+    batches = batches_text(p)
+    if batches is not None:  # after the calls: "N in flight" there counts requests, here jobs
+        parts.insert(4, f"batches {batches}")
     if p.last_error:
         parts.append(f"last error: {p.last_error}")
     return " | ".join(parts)

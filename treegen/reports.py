@@ -102,6 +102,7 @@ def run_summary(store: RunStore) -> dict[str, Any]:
     tokens_used = sum(call_spent_tokens(c) for c in calls)
     max_depth = store.max_tree_depth()
 
+    purposes = by_purpose(store, calls, accepted)
     elapsed = elapsed_seconds(store, run)
     per_minute = _ratio(len(calls), elapsed / 60) if elapsed else None
 
@@ -160,7 +161,47 @@ def run_summary(store: RunStore) -> dict[str, Any]:
         "calls_per_minute": per_minute,
         "caps": cap_usage,
         "prices": config.get("price") or config.get("prices"),  # the engine stores "price"
+        # Only for runs that used a quality module (verify, attributes, harder, judge): the
+        # summary of older and plain runs stays as it was.
+        **({"by_purpose": purposes} if purposes else {}),
     }
+
+
+PURPOSES = ("generate", "verify", "attributes", "harder", "judge")  # a call's purpose; NULL in old runs = generate
+
+
+def by_purpose(store: RunStore, calls: list[dict[str, Any]] | None = None,
+               accepted: int | None = None) -> list[dict[str, Any]]:
+    """Spend per module (a call's purpose), or [] when every call generated (a run made
+    without the quality modules, or before they existed).
+
+    Each row: ``purpose``, ``calls``, ``spent_micro`` and ``tokens`` (the one spent rule),
+    ``accepted`` (examples accepted from that purpose's replies), and the run's cost per
+    accepted example with the module (``total spent / accepted``) and without it
+    (``(total spent - the module's spent) / accepted``). Rows in ``PURPOSES`` order, any
+    other purpose after them.
+    """
+    calls = store.calls() if calls is None else calls
+    rows: dict[str, dict[str, Any]] = {}
+    for c in calls:
+        purpose = c.get("purpose") or "generate"
+        r = rows.setdefault(purpose, {"purpose": purpose, "calls": 0, "spent_micro": 0, "tokens": 0, "accepted": 0})
+        r["calls"] += 1
+        r["spent_micro"] += call_spent_micro(c)
+        r["tokens"] += call_spent_tokens(c)
+        r["accepted"] += c.get("n_accepted") or 0
+    if set(rows) <= {"generate"}:
+        return []
+    if accepted is None:
+        accepted = store.node_status_counts().get(NodeStatus.ACCEPTED, 0)
+    total = sum(r["spent_micro"] for r in rows.values())
+    order = {p: i for i, p in enumerate(PURPOSES)}
+    out = sorted(rows.values(), key=lambda r: (order.get(r["purpose"], len(order)), r["purpose"]))
+    for r in out:
+        r["share_of_spent"] = _ratio(r["spent_micro"], total)
+        r["cost_per_accepted_with_micro"] = _per(total, accepted)
+        r["cost_per_accepted_without_micro"] = _per(total - r["spent_micro"], accepted)
+    return out
 
 
 def _breakdown(store: RunStore, key: str, calls: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:

@@ -462,6 +462,15 @@ class RunStore:
         return self._rows("select * from calls where status in ('ok', 'usage-anomaly') and n_parsed is null "
                           f"and response_text is not null and {GENERATION_SQL} order by id")
 
+    def count_purpose(self, purpose: str) -> int:
+        """Calls (attempts) a module has made so far in the run."""
+        return int(self._one("select count(*) from calls where purpose = ?", [purpose]) or 0)
+
+    def last_module_reply(self, purpose: str) -> str | None:
+        """The newest answered reply of a run-level module call (``attributes``), if any."""
+        return self._one("select response_text from calls where purpose = ? and status = 'ok' "
+                         "and response_text is not null order by id desc limit 1", [purpose])
+
     def module_replies(self, for_call_id: int, purpose: str) -> list[dict[str, Any]]:
         """The answered calls a module (``verify``) made about one generation call, in order."""
         return self._rows("select * from calls where for_call_id = ? and purpose = ? and status = 'ok' "
