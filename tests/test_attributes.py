@@ -173,3 +173,17 @@ def test_parse_auto_reads_the_file_shape_and_bounds_what_a_model_rambles():
 def test_parse_auto_refuses_unusable_replies(reply):
     with pytest.raises(InputError, match="--attributes FILE"):
         parse_auto(reply)
+
+
+def test_auto_drops_placeholders_a_small_model_copies():
+    """SmolLM2-135M answered the auto request with "...", "value_1" and the labels as values
+    (REAL, benchmarks/results/quality.md): those are not attributes."""
+    from treegen.attributes import parse_auto
+    from treegen.errors import InputError
+
+    reply = ('{"attributes":[{"name":"topic","values":["...","True","value_1"]},'
+             '{"name":"style","values":["formal","playful","True","…"]}]}')
+    attrs = parse_auto(reply)
+    assert attrs.dimensions == (("style", ("formal", "playful")),)
+    with pytest.raises(InputError):
+        parse_auto('{"attributes":[{"name":"topic","values":["...","True","value_1"]}]}')

@@ -9,6 +9,8 @@ asks the model once for the dimensions that fit the seeds; ``parse_auto`` reads 
 
 from __future__ import annotations
 
+import re
+
 import json
 import random
 import tomllib
@@ -38,7 +40,8 @@ _EXAMPLE_FILE = 'e.g. {"topic": ["science", "history"], "difficulty": ["easy", "
 _AUTO_SYSTEM = (
     "List 3-5 attributes that vary across examples of this task (e.g. topic, domain, difficulty, length, style), "
     "each with 3-6 short values that fit the examples shown. "
-    'Reply with one JSON object: {"attributes":[{"name":"topic","values":["...", ...]}, ...]}.'
+    'Reply with one JSON object, e.g. {"attributes":[{"name":"topic","values":["science","history","sports"]},'
+    '{"name":"difficulty","values":["easy","medium","hard"]}]}.'
 )
 
 
@@ -202,6 +205,15 @@ def auto_response_format(dialect: str) -> dict[str, Any] | None:
     return fmt
 
 
+_PLACEHOLDER = re.compile(r"^(\.\.\.|…|etc\.?|value[ _-]?\d*|n/?a|none|null|true|false|yes|no|\W*)$", re.IGNORECASE)
+
+
+def _placeholder(value: str) -> bool:
+    """What a small model copies from the instructions or the labels rather than a value:
+    "...", "value_1", "True"/"False" (observed from SmolLM2-135M)."""
+    return bool(_PLACEHOLDER.match(value.strip()))
+
+
 def _clean_auto(data: Any) -> Any:
     """A model's list made safe for the prompt line: separators replaced, long values and
     repeats dropped, at most a few dimensions and values. Shapes it cannot read pass through."""
@@ -219,8 +231,9 @@ def _clean_auto(data: Any) -> Any:
             continue
         texts = [" ".join(str(v).replace(";", ",").split()) for v in values
                  if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
-        kept = list(_unique(t for t in texts if len(t) <= _AUTO_MAX_VALUE_CHARS))[:_AUTO_MAX_VALUES]
-        if kept:
+        kept = list(_unique(t for t in texts if len(t) <= _AUTO_MAX_VALUE_CHARS and not _placeholder(t)))
+        kept = kept[:_AUTO_MAX_VALUES]
+        if len(kept) >= 2:  # one value does not vary anything
             dims[name] = kept
         if len(dims) == _AUTO_MAX_DIMENSIONS:
             break
