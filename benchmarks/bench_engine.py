@@ -81,8 +81,11 @@ def run_treegen(seeds: Path, out: Path, *args: str, code: Path | None = None) ->
         env["PYTHONPATH"] = str(code)
     name = f"r{time.monotonic_ns()}"
     t0 = time.monotonic()
+    # cwd: ``python -m`` puts the working directory first on sys.path, ahead of PYTHONPATH, so
+    # run from this checkout it would import this checkout's treegen whatever ``code`` says.
     proc = subprocess.Popen([sys.executable, "-m", "treegen", "run", str(seeds), "--out", str(out), "--name", name,
-                             "--quiet", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--quiet", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=str(code) if code is not None else None)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - t0
     stdout, stderr = proc.stdout.read().decode(), proc.stderr.read().decode()
@@ -308,25 +311,41 @@ def bench_knee(tmp: Path, codes: list[tuple[str, Path | None]], latency_ms: int,
     return rows
 
 
+def _second_half_rate(run: Path) -> float:
+    """Calls per second over the second half of a run's calls' time span: the steady state,
+    without the start-up (the MiniLM strategies load the model in their first seconds)."""
+    from datetime import datetime
+
+    times = sorted(datetime.fromisoformat(t).timestamp() for t in run_counts(run)["created"])
+    if len(times) < 4:
+        return 0.0
+    mid = times[0] + (times[-1] - times[0]) / 2
+    late = [t for t in times if t >= mid]
+    return (len(late) - 1) / max(late[-1] - late[0], 1e-9)
+
+
 def bench_embedding_strategies(tmp: Path, codes: list[tuple[str, Path | None]], seconds: float,
                                concurrency: int = 32) -> list[str]:
-    """Calls per second of the MiniLM strategies against tree, 300 ms latency."""
+    """Calls per second of the MiniLM strategies against tree, 300 ms latency. The code
+    variants alternate row by row, so a change of the machine's load hits them alike."""
     sim = StandaloneSim("--pool", str(STRATEGYQA), "--latency-ms", "300")
     seeds = seeds_file(tmp)
-    rows = ["| code | strategy | calls | seconds | calls / s | share of tree's calls / s | peak RSS MB |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    rows = ["| code | strategy | calls | seconds | calls / s | share of tree's | calls / s, 2nd half | share of tree's, 2nd half | accepted | peak RSS MB | load avg (1 min) before |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    tree_rate: dict[str, tuple[float, float]] = {}
     try:
-        for name, code in codes:
-            tree_rate = None
-            for strategy in ("tree", "contrastive", "similar", "novelty"):
+        for strategy in ("tree", "contrastive", "similar", "novelty"):
+            for name, code in codes:
+                load = os.getloadavg()[0]
                 run, t = run_treegen(seeds, tmp / "emb", "--base-url", sim.base_url, "-c", str(concurrency),
                                      "--chains", str(concurrency), "-s", strategy, "--embedder", "minilm",
                                      "--max-seconds", str(seconds), "--max-usd", "100", code=code)
                 k = run_counts(run)
-                rate = k["calls"] / k["elapsed"]
-                tree_rate = tree_rate or rate
+                rate, late = k["calls"] / k["elapsed"], _second_half_rate(run)
+                base, base_late = tree_rate.setdefault(name, (rate, late))
                 rows.append(f"| {name} | {strategy} | {k['calls']:,} | {k['elapsed']:.1f} | {rate:.1f} | "
-                            f"{rate / tree_rate:.0%} | {t['maxrss_mb']:.0f} |")
+                            f"{rate / base:.0%} | {late:.1f} | {late / max(base_late, 1e-9):.0%} | {k['accepted']:,} | "
+                            f"{t['maxrss_mb']:.0f} | {load:.1f} |")
                 print(rows[-1], flush=True)
     finally:
         sim.close()

@@ -20,16 +20,20 @@ import threading
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from treegen.config import RunConfig, apply_resume_options, check_run_location, from_options
-from treegen.engine import Engine, Progress, RunResult
 from treegen.errors import BackendError, DiskFullError, InputError, OutputError
 from treegen.runlock import RunLock
 from treegen.store import DB_NAME, RunStatus, RunStore, utcnow
 from treegen.task import Example, TaskFormat, example_from_dict
 
-ProgressCallback = Callable[[Progress], None]
+if TYPE_CHECKING:
+    # The engine (numpy, the strategies, the client) is imported when a run executes, not
+    # when a run is only prepared or opened (open_run, cli_batch, intrinsic's endpoint).
+    from treegen.engine import Progress, RunResult
+
+ProgressCallback = Callable[["Progress"], None]
 
 
 def make_run_id(strategy: str) -> str:
@@ -132,6 +136,8 @@ async def execute_async(store: RunStore, cfg: RunConfig, api_key: str | None = N
                         on_progress: ProgressCallback | None = None, handle_signals: bool = False,
                         http_client: Any = None) -> RunResult:
     """Run the engine on an open run, holding its lock, with its endpoint up."""
+    from treegen.engine import Engine
+
     with RunLock(store.run_dir), endpoint(cfg) as base_url:
         _keep_disk_reserve(store.run_dir)
         engine_cls: type[Engine] = Engine

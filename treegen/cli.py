@@ -133,11 +133,11 @@ def _progress(quiet: bool) -> tuple[Any, Any]:
 def _startup() -> Iterator[None]:
     """Start-up of run/resume with the cyclic garbage collector paused, then frozen.
 
-    Importing the openai SDK, numpy and the engine creates ~10^5 long-lived objects, and the
-    collector, triggered every 700 allocations, re-scans them again and again: ~0.2-0.3 s of
-    CPU per start (benchmarks/results/startup.md). They live as long as the process, so
-    ``gc.freeze()`` moves them out of every later collection (cheaper full collections during
-    the run too); collection resumes as usual for everything the run allocates after.
+    Importing the openai SDK and the engine creates ~10^5 long-lived objects, and the
+    collector, triggered every 700 allocations, re-scans them again and again: ~0.1 s of CPU
+    per start (benchmarks/results/startup.md). They live as long as the process, so
+    ``gc.freeze()`` moves them out of later full collections; collection resumes as usual for
+    everything the run allocates after.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -151,9 +151,10 @@ def _startup() -> Iterator[None]:
 
 def _import_run_modules(cfg: Any) -> None:
     """What every run imports once its event loop is up, imported under ``_startup()`` instead."""
-    import openai  # noqa: F401 - treegen.client's, for every backend (one LLM path)
+    from treegen.client import import_sdk
 
-    import treegen.forecast  # noqa: F401 - warn_if_short, before the run
+    import_sdk()  # the openai SDK: every backend's one LLM path
+
     import treegen.reports  # noqa: F401 - the closing summary
 
     if cfg.backend == "sim":
@@ -257,12 +258,15 @@ def run(
         " (REAL: local model " + Path(cfg.local.model_path or "").name + ")" if cfg.local else "")
     _stdout_console().print(f"Run {store.run()['id']} in {store.run_dir}{label}; caps: {cfg.caps.describe()}",
                             markup=False)
-    from treegen.forecast import warn_if_short
-    from treegen.store import node_example
+    # treegen.forecast imports numpy (~0.15 s): only when it may have something to say, i.e.
+    # both a target and a dollar cap and a price (warn_if_short returns None otherwise).
+    if cfg.caps.target is not None and cfg.caps.max_usd_micro is not None and cfg.price is not None:
+        from treegen.forecast import warn_if_short
+        from treegen.store import node_example
 
-    warning = warn_if_short(cfg, [node_example(r) for r in store.nodes(("seed",))])
-    if warning:
-        _stderr_console().print(f"Warning: {warning}", markup=False)
+        warning = warn_if_short(cfg, [node_example(r) for r in store.nodes(("seed",))])
+        if warning:
+            _stderr_console().print(f"Warning: {warning}", markup=False)
     with store:
         _execute(store, cfg, quiet)
 

@@ -94,11 +94,38 @@ def _retry_after(headers: Any) -> float | None:
     return None
 
 
+def import_sdk() -> Any:
+    """The openai SDK and its HTTP transport, imported on first use, not at import (start-up).
+
+    The transport's connection pool (httpcore2) imports ``trio`` when it is installed, only to
+    support trio event loops: ~0.05-0.25 s of CPU that treegen, on asyncio, never uses. It is
+    imported here with ``trio`` masked (``sys.modules["trio"] = None`` makes ``import trio``
+    raise ImportError) for this import only, unless trio is loaded already.
+    """
+    import sys
+
+    if "httpcore2" not in sys.modules:
+        mask = "trio" not in sys.modules
+        if mask:
+            sys.modules["trio"] = None  # type: ignore[assignment]
+        try:
+            import httpcore2  # noqa: F401
+        except ImportError:  # an SDK on another transport: nothing to pre-import
+            pass
+        finally:
+            if mask and "trio" in sys.modules and sys.modules["trio"] is None:
+                del sys.modules["trio"]
+    import openai
+
+    return openai
+
+
 class ChatClient:
     def __init__(self, base_url: str | None, api_key: str | None, model: str, timeout: float = 60.0,
                  http_client: Any = None):
         import httpx2  # the openai SDK's transport; imported with it, on first use (start-up)
-        import openai
+
+        openai = import_sdk()
 
         self.model = model
         self.base_url = base_url or OPENAI_BASE_URL

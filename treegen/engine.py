@@ -29,9 +29,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
 from treegen import acceptance
 from treegen.budget import BudgetReached, Ledger, Reservation, afford_max_tokens, reconcile_usage
@@ -46,6 +44,9 @@ from treegen.store import CallStatus, NodeStatus, RunStatus, RunStore, node_exam
 from treegen.strategies import Job, NodeInfo, StrategyParams, make_strategy
 from treegen.task import Example, TaskFormat, dedup_key
 from treegen.tokens import count_messages
+
+if TYPE_CHECKING:
+    import numpy as np  # imported where embeddings are used: a run without them never loads numpy
 
 # A request's completion budget may shrink to fit what is left of a cap, but never below
 # what k examples need: this many tokens per example asked.
@@ -198,6 +199,8 @@ class Engine:
             similarity=self._similarity if cfg.strategy in ("contrastive", "similar") else None,
         )
         self.strategy = make_strategy(cfg.strategy, params)
+        if self.strategy.uses_embeddings:
+            self._get_embedder()  # MiniLM starts loading on its worker thread now, not at the first reply
         self.constraints = self._load_constraints()
         self._attributes: Any = None
         if cfg.attribute_values:
@@ -798,14 +801,45 @@ class Engine:
             self.ratio_known = True
         text = reply.text.encode("utf-8", "replace").decode("utf-8")  # no lone surrogates in SQLite
         newly_simulated = reply.simulated and not self.simulated
-        self.store.update_call(call_id, {
+        fields = {
             "simulated": int(reply.simulated or self.simulated),
             "status": CallStatus.ANOMALY if usage.anomaly else CallStatus.OK,
             "error": usage.anomaly, "finish_reason": reply.finish_reason, "request_id": reply.request_id,
             "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "cached_tokens": reply.cached_tokens, "cost_micro": usage.cost_micro, "duration_ms": duration,
             "response_text": text,
-        })
+        }
+        turns = self._turns
+        if (not usage.anomaly and not self.cfg.verify and self._index is None and not self.strategy.uses_embeddings
+                and turns is not None
+                and not turns.locked() and self._next_turn >= req.seq):
+            # Its turn already, and nothing to wait for before deciding (no verifier, no
+            # embeddings): the reply and its decided candidates land in one transaction (one
+            # commit instead of two), and only then is its money counted. Nothing in this block
+            # suspends, so nothing can cancel it between the reply and its record.
+            async with self._in_turn(req.seq):
+                try:
+                    screened = acceptance.screen(parse_reply(text), self.fmt, self.seen_keys, self.constraints)
+                    alive = [i for i, s in enumerate(screened) if s.reason is None]
+                    children = await self._judge(req.job, call_id, text, usage.cost_micro, screened, alive, None,
+                                                 req.purpose, reply_fields=fields, mark_simulated=newly_simulated)
+                except BaseException:
+                    # Deciding failed: the paid reply is recorded all the same (a resume judges
+                    # it; rewriting it is harmless if it landed), then counted.
+                    self.store.update_call(call_id, fields)
+                    if newly_simulated:
+                        self.store.mark_simulated()
+                    self.simulated = self.simulated or reply.simulated
+                    self.ledger.settle(reservation, usage.cost_micro, usage.prompt_tokens + usage.completion_tokens)
+                    self._notify_settled()
+                    raise
+                self.simulated = self.simulated or reply.simulated
+                # Persisted: now count its money.
+                self.ledger.settle(reservation, usage.cost_micro, usage.prompt_tokens + usage.completion_tokens)
+                self._notify_settled()
+                self._finish_in_turn(req, children, call_id, expanded=False)  # expansion counted with the nodes
+            return
+        self.store.update_call(call_id, fields)
         if newly_simulated:
             self.store.mark_simulated()  # a simulator served over --base-url: simulated all the same
         self.simulated = self.simulated or reply.simulated
@@ -828,16 +862,22 @@ class Engine:
             screened = self._apply_votes(screened, alive, votes)
             alive = [i for i, s in enumerate(screened) if s.reason is None]
         vectors = None
-        if self._index is not None and alive:
-            vectors = await self._embed_async([screened[i].example for i in alive])  # type: ignore[misc]
+        # Embeddings before the reorder buffer, off the loop: replies waiting for their turn
+        # share the embedder's forward passes instead of queueing for it one by one.
+        wants = bool(alive) and self.strategy.wants_vectors(req.job, len(alive))
+        if alive and (self._index is not None or wants):
+            vectors = await self._embed_async([screened[i].example for i in alive],  # type: ignore[misc]
+                                              req.job if wants else None)
         async with self._in_turn(req.seq):
             children = await self._judge(req.job, call_id, text, usage.cost_micro, screened, alive, vectors, req.purpose)
             self._finish_in_turn(req, children, call_id, expanded=False)  # expansion counted with the nodes
 
     async def _judge(self, job: Job, call_id: int, text: str, cost_micro: int,
                      screened: list[acceptance.Screened], alive: list[int], vectors: np.ndarray | None,
-                     purpose: str = "generate") -> list[NodeInfo]:
-        """Decide a reply's candidates against everything accepted before it, and record them."""
+                     purpose: str = "generate", reply_fields: dict[str, Any] | None = None,
+                     mark_simulated: bool = False) -> list[NodeInfo]:
+        """Decide a reply's candidates against everything accepted before it, and record them
+        (with ``reply_fields``: the reply itself too, in the same transaction)."""
         # Exact duplicates again: earlier requests may have accepted the same text meanwhile.
         screened = acceptance.rescreen(screened, self.seen_keys)
         sims = await self._similarities(screened, alive, vectors)
@@ -845,7 +885,8 @@ class Engine:
         decisions = acceptance.judge(screened, sims, acceptance.JudgeContext(open_slots, self.cfg.near_dup, cost_micro))
         vec_of = {i: vectors[j] for j, i in enumerate(alive)} if vectors is not None else {}
         return self._persist_nodes(job, call_id, text, cost_micro, decisions, vec_of,
-                                   "harder" if purpose == "harder" else "generate")
+                                   "harder" if purpose == "harder" else "generate",
+                                   reply_fields=reply_fields, mark_simulated=mark_simulated)
 
     async def _similarities(self, screened: Sequence[acceptance.Screened], alive: list[int],
                             vectors: np.ndarray | None) -> dict[int, float]:
@@ -863,6 +904,8 @@ class Engine:
         if vectors is None or self._index is None:
             return {}
         if base is None:
+            import numpy as np
+
             base = self._index.max_similarity(vectors) if len(self._index) else np.full(len(alive), -1.0)
         now_alive = [i for i in alive if screened[i].reason is None]
         pos = {i: j for j, i in enumerate(alive)}
@@ -875,22 +918,28 @@ class Engine:
 
     def _persist_nodes(self, job: Job, call_id: int, text: str, cost_micro: int,
                        decisions: list[acceptance.Decision], vec_of: dict[int, np.ndarray],
-                       operation: str = "generate") -> list[NodeInfo]:
+                       operation: str = "generate", reply_fields: dict[str, Any] | None = None,
+                       mark_simulated: bool = False) -> list[NodeInfo]:
         parent = job.parents[0]
+        now = _now()  # one time for the nodes of one reply
         rows = [
             node_row(d.example, parent_id=parent.id, root_id=parent.root_id, depth=job.depth, call_id=call_id,
                      strategy=self.cfg.strategy, status=NodeStatus.ACCEPTED if d.accepted else NodeStatus.REJECTED,
                      reason=d.reason, raw=d.raw, cost_share=d.cost_share_micro, novelty=d.novelty, key=d.key,
-                     operation=operation, verdict=d.verdict)
+                     operation=operation, verdict=d.verdict, created_at=now)
             for d in decisions
         ]
         if not decisions:
             rows.append(node_row(None, parent_id=parent.id, root_id=parent.root_id, depth=job.depth, call_id=call_id,
                                  strategy=self.cfg.strategy, status=NodeStatus.REJECTED,
-                                 reason=acceptance.NO_EXAMPLES, raw=text[:20000], cost_share=cost_micro))
+                                 reason=acceptance.NO_EXAMPLES, raw=text[:20000], cost_share=cost_micro,
+                                 created_at=now))
         n_accepted = sum(d.accepted for d in decisions)
-        ids = self.store.record_reply(call_id, {"n_parsed": len(decisions), "n_accepted": n_accepted},
-                                      rows, [p.id for p in job.parents])
+        call_fields = {"n_parsed": len(decisions), "n_accepted": n_accepted}
+        if reply_fields:
+            call_fields = {**reply_fields, **call_fields}
+        ids = self.store.record_reply(call_id, call_fields, rows, [p.id for p in job.parents],
+                                      mark_simulated=mark_simulated)
         # Persisted: now count the examples.
         self.ledger.accepted += n_accepted
         self.rejected += len(rows) - n_accepted
@@ -899,10 +948,13 @@ class Engine:
         for i, (d, nid, row) in enumerate(zip(decisions, ids, rows)):
             if d.accepted and d.example is not None:
                 self.seen_keys.add(d.key or dedup_key(d.example))
-                infos.append(NodeInfo(nid, job.depth, parent.root_id, d.example, 0, row["novelty"]))
+                infos.append(NodeInfo(nid, job.depth, parent.root_id, d.example, 0, row["novelty"],
+                                      vector=vec_of.get(i) if self.strategy.uses_embeddings else None))
                 if i in vec_of:
                     accepted_vecs.append(vec_of[i])
         if self._index is not None and accepted_vecs:
+            import numpy as np
+
             self._index.add(np.vstack(accepted_vecs))
         if n_accepted:
             self.max_depth_seen = max(self.max_depth_seen, job.depth)

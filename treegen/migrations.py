@@ -6,12 +6,29 @@ by any earlier treegen are brought up to date when they are opened.
 
 from __future__ import annotations
 
-import sqlite_utils
+import functools
+import sqlite3
+import sys
+from typing import TYPE_CHECKING, Any, Callable
 
-migrations = sqlite_utils.Migrations("treegen")
+if TYPE_CHECKING:
+    import sqlite_utils
+
+# sqlite_utils is imported only when a migration must run (a new database, or one made by an
+# older treegen): it costs ~0.1 s of CPU at start-up, and pulls in pandas and numpy when
+# installed (see import_sqlite_utils). An up-to-date database is checked with plain sqlite3.
+MIGRATION_SET = "treegen"
+MIGRATIONS_TABLE = "_sqlite_migrations"  # sqlite_utils.Migrations.migrations_table
+_MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
 
 
-@migrations()
+def _migration(fn: Callable[[sqlite_utils.Database], None]) -> Callable[[sqlite_utils.Database], None]:
+    """Registers a migration in order, named after its function, as ``sqlite_utils.Migrations()`` does."""
+    _MIGRATIONS.append(fn)
+    return fn
+
+
+@_migration
 def m001_initial(db: sqlite_utils.Database) -> None:
     db.table("runs").create(
         {
@@ -93,7 +110,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db.table("calls").create_index(["status"])
 
 
-@migrations()
+@_migration
 def m002_metrics(db: sqlite_utils.Database) -> None:
     # Quality figures from `treegen metrics`, appended on every measurement (history kept);
     # `treegen compare` reads name, value and created_at.
@@ -113,7 +130,7 @@ def m002_metrics(db: sqlite_utils.Database) -> None:
     db.table("metrics").create_index(["name", "created_at"])
 
 
-@migrations()
+@_migration
 def m003_student_results(db: sqlite_utils.Database) -> None:
     # One row per (trained student, evaluated dataset): `treegen eval` and `treegen compare`.
     db.table("student_results").create(
@@ -149,7 +166,7 @@ _SPENT_M004 = ("case when cost_micro is not null then cost_micro "
                "when status in ('timeout', 'lost') then coalesce(reserved_micro, 0) else 0 end")
 
 
-@migrations()
+@_migration
 def m004_requests_views(db: sqlite_utils.Database) -> None:
     # Each call's request beside its response, so a run can be audited and replayed: the
     # messages are stored once in ``prompts`` (deduplicated by hash) and referenced.
@@ -181,7 +198,7 @@ def m004_requests_views(db: sqlite_utils.Database) -> None:
 
 
 
-@migrations()
+@_migration
 def m005_batches(db: sqlite_utils.Database) -> None:
     # Batch mode (treegen.batching): one row per Batch job sent to the provider, and on each
     # call the wave it was sent in and its custom_id in the batch's input file.
@@ -208,7 +225,7 @@ def m005_batches(db: sqlite_utils.Database) -> None:
     db.table("calls").create_index(["batch_wave"])
 
 
-@migrations()
+@_migration
 def m006_quality_modules(db: sqlite_utils.Database) -> None:
     # Quality in the loop: a call's purpose (generate, verify, attributes, harder, judge) so
     # every module's spend is counted apart; a verify call names the generation call whose
@@ -227,5 +244,72 @@ def m006_quality_modules(db: sqlite_utils.Database) -> None:
         from calls group by coalesce(purpose, 'generate') order by purpose""")
 
 
+# What sqlite_utils imports only when installed, to map their types' columns (pd.Timestamp,
+# np.int64, ...): treegen's migrations never give it such values, and they cost ~0.3 s (pandas)
+# and ~0.15 s (numpy) of CPU at start-up.
+_OPTIONAL_FOR_SQLITE_UTILS = ("pandas", "numpy")
+
+
+def import_sqlite_utils() -> Any:
+    """``import sqlite_utils`` without letting it import pandas or numpy, unless loaded already.
+
+    The mask (``sys.modules[name] = None`` makes ``import name`` raise ImportError, which
+    sqlite_utils expects when they are not installed) lives for this import only: ``import
+    pandas`` works normally afterwards, and sqlite_utils then lacks only the pandas/numpy
+    column types, which treegen does not use.
+    """
+    if "sqlite_utils" in sys.modules:
+        return sys.modules["sqlite_utils"]
+    masked = [name for name in _OPTIONAL_FOR_SQLITE_UTILS if name not in sys.modules]
+    for name in masked:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import sqlite_utils
+    finally:
+        for name in masked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+    return sqlite_utils
+
+
+@functools.lru_cache(maxsize=1)
+def migration_set() -> sqlite_utils.Migrations:
+    """The ``sqlite_utils.Migrations`` set of every migration above, in order."""
+    sqlite_utils = import_sqlite_utils()
+    migrations = sqlite_utils.Migrations(MIGRATION_SET)
+    for fn in _MIGRATIONS:
+        migrations()(fn)
+    return migrations
+
+
+def __getattr__(name: str) -> Any:
+    # ``from treegen.migrations import migrations`` still gives the set, built on first use.
+    if name == "migrations":
+        return migration_set()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def pending_names(conn: sqlite3.Connection) -> list[str] | None:
+    """Names of the migrations not yet applied, read with plain sqlite3; None when the
+    migrations table is missing or not in the shape sqlite_utils keeps it in (then
+    ``Migrations.apply`` has work to do on the table itself)."""
+    try:
+        columns = conn.execute(f"PRAGMA table_info({MIGRATIONS_TABLE})").fetchall()
+        if [c[1] for c in columns if c[5]] != ["id"] or "migration_set" not in {c[1] for c in columns}:
+            return None
+        applied = {r[0] for r in conn.execute(
+            f"select name from {MIGRATIONS_TABLE} where migration_set = ?", [MIGRATION_SET])}
+    except sqlite3.DatabaseError:
+        return None
+    return [fn.__name__ for fn in _MIGRATIONS if fn.__name__ not in applied]
+
+
+def apply_pending(conn: sqlite3.Connection) -> None:
+    """Bring the database on ``conn`` up to date; imports sqlite_utils only when there is work."""
+    if pending_names(conn) == []:
+        return
+    migration_set().apply(import_sqlite_utils().Database(conn))
+
+
 def apply(db: sqlite_utils.Database) -> None:
-    migrations.apply(db)
+    migration_set().apply(db)

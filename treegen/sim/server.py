@@ -58,6 +58,7 @@ from treegen.prompts import read_prompt
 from treegen.schema import answer_to_label
 from treegen.sim.batch import BatchStore
 from treegen.sim.pool import synthetic_pool
+from treegen.sim.tfidf import TfidfIndex, analyzer as tfidf_analyzer
 from treegen.tokens import count_messages, count_text, encoding_name_for_model, get_encoding
 
 SIM_MODEL = "treegen-sim"
@@ -143,13 +144,12 @@ class _Pool:
     of the pool's question word counts) and, for a synthetic pool, ``topic``.
     """
 
-    def __init__(self, examples: list[Example], vectorizer: Any, matrix: Any, synthetic: bool = False):
+    def __init__(self, examples: list[Example], index: TfidfIndex, synthetic: bool = False):
         self.examples = examples
-        self.vectorizer = vectorizer
-        self.columns = matrix.tocsc()  # column slices for the few terms of a query
-        self.analyzer = vectorizer.build_analyzer()
-        self.vocabulary = vectorizer.vocabulary_
-        self.idf = vectorizer.idf_.astype(np.float32)
+        self.index = index
+        self.analyzer = tfidf_analyzer
+        self.vocabulary = index.vocabulary
+        self.idf = index.idf
         self.keys = [dedup_key(ex) for ex in examples]
         self.dicts = [ex.to_dict() for ex in examples]
         self.by_key: dict[str, list[int]] = {}
@@ -168,11 +168,7 @@ class _Pool:
 
     @classmethod
     def fit(cls, examples: list[Example], synthetic: bool = False) -> "_Pool":
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        vec = TfidfVectorizer(lowercase=True, sublinear_tf=True, dtype=np.float32, min_df=1)
-        matrix = vec.fit_transform([ex.text() for ex in examples])
-        return cls(examples, vec, matrix, synthetic)
+        return cls(examples, TfidfIndex([ex.text() for ex in examples]), synthetic)
 
     def lookup(self, question: str, context: str | None, options: Sequence[str]) -> int | None:
         """The pool index of a candidate given WITHOUT its label, or None when it is not a pool item.
@@ -214,7 +210,7 @@ class _Pool:
         cols, weights = self.query(" ".join(texts))
         if len(cols) == 0:
             return np.zeros(len(self.examples), dtype=np.float32)
-        return np.asarray(self.columns[:, cols] @ weights).ravel()
+        return self.index.dot(cols, weights)
 
     def query(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """The fitted vectorizer's TF-IDF vector of ``text`` as (columns, weights).

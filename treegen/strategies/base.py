@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from treegen.task import Example
+
+if TYPE_CHECKING:
+    import numpy as np  # annotations only: a run without embeddings never imports numpy (start-up)
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,9 @@ class NodeInfo:
     example: Example
     expanded: int = 0
     novelty: float | None = None
-    # The example's unit-norm embedding when the strategy asked for one (``uses_embeddings``):
-    # computed by the engine off the event loop, with the candidates' near-duplicate vectors.
+    # The example's unit-norm embedding when a decision of the strategy needed it
+    # (``wants_vectors``): computed once, by the engine, off the event loop; carried here so a
+    # node is never embedded twice. None until needed.
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
@@ -52,8 +54,8 @@ class StrategyParams:
 
 class Strategy:
     name = "base"
-    # True: the strategy compares examples' embeddings, so the engine attaches a ``vector`` to
-    # every node it hands over (seeds, restored nodes and accepted children).
+    # True: the strategy compares examples' embeddings (``wants_vectors`` says for which
+    # replies), so the accepted children it is handed may carry their ``vector``.
     uses_embeddings = False
 
     def __init__(self, params: StrategyParams):
@@ -80,6 +82,13 @@ class Strategy:
 
     def exhausted(self) -> bool:
         """True when no request will ever be asked again (with none in flight)."""
+        return False
+
+    def wants_vectors(self, job: Job, candidates: int) -> bool:
+        """Whether deciding a reply to ``job`` with ``candidates`` surviving candidates
+        compares embeddings: the engine then embeds those candidates, and the parents that
+        carry no ``vector`` yet, off the event loop before the reply's turn, and hands the
+        accepted children over carrying their vectors."""
         return False
 
     # ---- bounded retries of expansions that gave nothing (tree, novelty) --------------

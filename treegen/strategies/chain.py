@@ -13,11 +13,12 @@ run is reproducible and a resumed run picks as the original would have.
 from __future__ import annotations
 
 import random
-from typing import Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Sequence
 
 from treegen.strategies.base import Job, NodeInfo, Strategy
+
+if TYPE_CHECKING:
+    import numpy as np  # imported where similarities are computed: random chains never need it
 
 
 class _Chain(Strategy):
@@ -90,9 +91,17 @@ class _Chain(Strategy):
     def exhausted(self) -> bool:
         return not self.depth_allowed(1) or len(self.ended) == len(self.current)
 
+    def wants_vectors(self, job, candidates):
+        # Only a pick among two children or more compares them to their parent: a reply with
+        # one surviving candidate (or none) is decided without embedding anything.
+        return self.uses_embeddings and candidates >= 2
+
     def _similarities(self, parent: NodeInfo, children: Sequence[NodeInfo]) -> np.ndarray:
         """Cosine of each child to its parent: from the vectors the nodes carry (computed by
-        the engine off the event loop, with the near-duplicate check), else by the callback."""
+        the engine off the event loop, see ``wants_vectors``), else by the callback (which
+        embeds on the caller's thread: a reply recovered at start-up)."""
+        import numpy as np
+
         pv = parent.vector
         if pv is not None and all(c.vector is not None for c in children):
             return np.array([float(np.dot(c.vector, pv)) for c in children])  # type: ignore[arg-type]
@@ -118,6 +127,8 @@ class ContrastiveChain(_Chain):
     uses_embeddings = True
 
     def pick(self, parent, children, rng):
+        import numpy as np
+
         return children[int(np.argmin(self._similarities(parent, children)))]
 
 
@@ -129,4 +140,6 @@ class SimilarChain(_Chain):
     uses_embeddings = True
 
     def pick(self, parent, children, rng):
+        import numpy as np
+
         return children[int(np.argmax(self._similarities(parent, children)))]
