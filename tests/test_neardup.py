@@ -13,7 +13,7 @@ from treegen.neardup import BLOCK_ROWS, FLOAT16_ERROR, NearDuplicateIndex
 
 @pytest.fixture(params=["faiss", "numpy"])
 def backend(request, monkeypatch):
-    """Each test of the index runs on both storages: faiss's fp16 index and numpy's blocks."""
+    """Each test of the index runs on both storages: faiss's HNSW over float16 and numpy's blocks."""
     if request.param == "faiss":
         pytest.importorskip("faiss")
     monkeypatch.setattr(neardup, "_USE_FAISS", request.param == "faiss")
@@ -30,16 +30,20 @@ def test_max_similarity_matches_brute_force_across_growth(backend):
     stored = _unit_rows(rng, 1000, 24)
     index = NearDuplicateIndex(24, 0.9)
     assert index.backend.startswith(backend)
+    queries = _unit_rows(rng, 50, 24)
+    rounded = stored.astype(np.float16).astype(np.float32)
     for start in range(0, 1000, 37):
         index.add(stored[start : start + 37])
-    assert len(index) == 1000
-    queries = _unit_rows(rng, 50, 24)
+        if start % 185 == 0:  # queries between adds: rows waiting for the graph are found too
+            end = start + 37
+            np.testing.assert_allclose(index.max_similarity(queries[:5]),
+                                       (queries[:5] @ rounded[:end].T).max(axis=1), rtol=0, atol=1e-6)
+    assert len(index) == 1000 and not index.approximate
     expected = (queries @ stored.T).max(axis=1)
     # Stored as float16: within the rounding bound of float32, never further.
     got = index.max_similarity(queries)
     np.testing.assert_allclose(got, expected, rtol=0, atol=FLOAT16_ERROR)
     # and the same as an exact scan of the float16-rounded rows
-    rounded = stored.astype(np.float16).astype(np.float32)
     np.testing.assert_allclose(got, (queries @ rounded.T).max(axis=1), rtol=0, atol=1e-6)
     # a large batch (the metrics' path, block by block through BLAS) gives the same answers
     many = _unit_rows(rng, 300, 24)
@@ -47,28 +51,120 @@ def test_max_similarity_matches_brute_force_across_growth(backend):
     np.testing.assert_allclose(index.max_similarity(many[:50]), index.max_similarity(many)[:50], rtol=0, atol=1e-6)
 
 
-def test_blocks_fill_across_boundaries_and_store_two_bytes_a_coordinate(backend):
+def test_blocks_fill_across_boundaries_and_memory_stays_under_1kb_a_node(backend):
     rng = np.random.default_rng(1)
     dim = 384
-    n = 2 * BLOCK_ROWS + 123  # three blocks, the last partly filled
+    n = 2 * BLOCK_ROWS + 123  # numpy: three blocks, the last partly filled
     stored = _unit_rows(rng, n, dim)
     index = NearDuplicateIndex(dim, 0.9)
     index.add(stored[:5])
     index.add(stored[5 : BLOCK_ROWS + 7])  # one add that crosses a block boundary
     index.add(stored[BLOCK_ROWS + 7 :])
     assert len(index) == n
-    # A query equal to a stored row in each block finds itself (the row's float16 copy).
+    # A query equal to a stored row anywhere finds itself (the row's float16 copy).
     picks = [0, BLOCK_ROWS - 1, BLOCK_ROWS, BLOCK_ROWS + 6, n - 1]
-    sims = index.max_similarity(stored[picks])
-    assert np.all(np.abs(sims - 1.0) <= FLOAT16_ERROR)
     batched = index.max_similarity(np.repeat(stored[picks], 20, axis=0))  # > 64 rows: the block path
     assert np.all(np.abs(batched - 1.0) <= FLOAT16_ERROR)
-    # 2 bytes a coordinate: 768 bytes a MiniLM node (numpy: plus at most one block's unused
-    # rows, whose np.zeros pages are only mapped when written).
+    sims = index.max_similarity(stored[picks])
+    assert np.all(np.abs(sims - 1.0) <= FLOAT16_ERROR)
     if backend == "faiss":
-        assert index.stored_bytes == n * dim * 2
+        # 768 B of float16 codes a MiniLM-sized node plus the graph's links: under 1 KB (goal 4)
+        assert n * dim * 2 < index.stored_bytes <= n * 1000
     else:
+        # 2 bytes a coordinate, plus at most one block's unused rows (np.zeros pages are only
+        # mapped when written)
         assert index.stored_bytes == 3 * BLOCK_ROWS * dim * 2
+
+
+def _planted(rng: np.random.Generator, n: int, dim: int, queries: int):
+    """Stored rows, and queries: near-duplicates of stored rows at cosines 0.86-0.99 around the
+    thresholds, and unrelated rows."""
+    stored = _unit_rows(rng, n, dim)
+    origin = rng.choice(n, queries // 2, replace=False)
+    noise = _unit_rows(rng, queries // 2, dim)
+    noise -= (noise * stored[origin]).sum(axis=1, keepdims=True) * stored[origin]  # orthogonal to the origin
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    cos = rng.uniform(0.86, 0.99, size=(queries // 2, 1)).astype(np.float32)
+    near = cos * stored[origin] + np.sqrt(1 - cos**2) * noise
+    return stored, np.vstack([near, _unit_rows(rng, queries - queries // 2, dim)]).astype(np.float32)
+
+
+def test_graph_mode_decisions_equal_exact_on_a_planted_set():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(2)
+    stored, queries = _planted(rng, 3000, 64, 400)
+    index = NearDuplicateIndex(64, 0.9, exact_below=1000)
+    for s in range(0, 3000, 7):
+        index.add(stored[s : s + 7])
+    assert index.approximate
+    got = np.concatenate([index.max_similarity(queries[s : s + 10]) for s in range(0, 400, 10)])
+    exact = (queries @ stored.astype(np.float16).astype(np.float32).T).max(axis=1)
+    assert (exact >= 0.9).sum() > 100 and (exact >= 0.95).sum() > 40  # the threshold region is populated
+    for threshold in (0.9, 0.95):
+        assert np.array_equal(got >= threshold, exact >= threshold)
+    # The graph returns similarities of rows it found: never above the exact maximum.
+    assert np.all(got <= exact + 1e-6)
+    # and the planted near-duplicates' values themselves are exact (novelty = 1 - max sim)
+    np.testing.assert_allclose(got[:200], exact[:200], rtol=0, atol=1e-6)
+
+
+def test_same_rows_in_the_same_order_give_the_same_answers_however_batched():
+    pytest.importorskip("faiss")
+    import threading
+
+    rng = np.random.default_rng(3)
+    stored, queries = _planted(rng, 1500, 64, 200)
+
+    def run(chunk: int, query_every: int, in_thread: bool) -> np.ndarray:
+        index = NearDuplicateIndex(64, 0.9, exact_below=0)  # the graph from the first row
+        for i, s in enumerate(range(0, 1500, chunk)):
+            index.add(stored[s : s + chunk])
+            if i % query_every == 0:
+                index.max_similarity(queries[:3])  # links what is waiting, at different points
+        out: list[np.ndarray] = []
+        ask = lambda: out.extend(index.max_similarity(queries[s : s + 10]) for s in range(0, 200, 10))  # noqa: E731
+        if in_thread:  # as the engine does: from a worker thread
+            t = threading.Thread(target=ask)
+            t.start()
+            t.join()
+        else:
+            ask()
+        return np.concatenate(out)
+
+    first = run(1, 1, False)
+    assert np.array_equal(first, run(1, 1, False))
+    assert np.array_equal(first, run(13, 5, True))
+    assert np.array_equal(first, run(1500, 1, False))
+
+
+def test_large_batches_are_exact_in_graph_mode():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(4)
+    stored, queries = _planted(rng, 1200, 32, 200)
+    index = NearDuplicateIndex(32, 0.9, exact_below=0)
+    index.add(stored[:1000])
+    index.max_similarity(queries[:2])  # the first 1000 rows into the graph
+    index.add(stored[1000:])  # the rest waiting
+    exact = (queries @ stored.astype(np.float16).astype(np.float32).T).max(axis=1)
+    np.testing.assert_allclose(index.max_similarity(queries), exact, rtol=0, atol=1e-6)
+    before = index.stored_bytes
+    index.link_pending()  # as after a restore: the waiting rows into the graph
+    assert index.stored_bytes > before  # the same float16 rows, now with their links
+    np.testing.assert_allclose(index.max_similarity(queries), exact, rtol=0, atol=1e-6)
+
+
+def test_always_exact_index_builds_no_graph(backend):
+    rng = np.random.default_rng(5)
+    stored, queries = _planted(rng, 800, 48, 40)
+    index = NearDuplicateIndex(48, 0.9, exact_below=None)  # as a one-off check would use it
+    index.add(stored[:500])
+    index.add(stored[500:])
+    assert not index.approximate
+    assert index.backend == ("faiss-fp16" if backend == "faiss" else "numpy-fp16")
+    if backend == "faiss":
+        assert index.stored_bytes == 800 * 48 * 2  # codes only: no graph
+    exact = (queries @ stored.astype(np.float16).astype(np.float32).T).max(axis=1)
+    np.testing.assert_allclose(index.max_similarity(queries), exact, rtol=0, atol=1e-6)
 
 
 def test_is_near_duplicate_uses_threshold(backend):

@@ -331,7 +331,7 @@ def contamination(
     exact = np.array([dedup_key(e) in keys for e in created], dtype=bool)
     sims = np.full(len(created), -np.inf, dtype=np.float32)
     if len(bench) and len(created):
-        index = NearDuplicateIndex(bench_emb.shape[1], threshold)
+        index = NearDuplicateIndex(bench_emb.shape[1], threshold, exact_below=None)  # a check: exact
         index.add(_unit(bench_emb))
         sims = index.max_similarity(_unit(created_emb))
     near = (sims >= threshold) & ~exact
