@@ -45,7 +45,7 @@ class Screened:
     candidate: Candidate
     example: Example | None
     reason: str | None
-    key: str | None = None  # the dedup key of a valid example
+    key: str | None = None  # the dedup key of a valid example (kept on exact duplicates too)
     verdict: str | None = None  # JSON: the verifier's votes and outcome (with --verify)
 
 
@@ -101,7 +101,7 @@ def screen(candidates: Sequence[Candidate], fmt: TaskFormat, seen_keys: Abstract
                 continue
         key = dedup_key(ex)
         if key in seen_keys or key in batch_keys:
-            out.append(Screened(cand, ex, DUPLICATE))
+            out.append(Screened(cand, ex, DUPLICATE, key))  # the key goes into its node: not computed twice
             continue
         batch_keys.add(key)
         out.append(Screened(cand, ex, None, key))

@@ -20,6 +20,7 @@ import json
 import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -108,22 +109,51 @@ NODE_COLUMNS = (
     "operation", "verdict",
 )
 _INSERT_NODE = f"insert into nodes ({', '.join(NODE_COLUMNS)}) values ({', '.join('?' for _ in NODE_COLUMNS)})"
+_MARK_EXPANDED = "update nodes set expanded = coalesce(expanded, 0) + 1 where id = ?"
+# Prompt hashes a store remembers as committed (insert_call skips writing them again).
+KNOWN_PROMPTS = 4096
+
+
+@lru_cache(maxsize=256)
+def _insert_sql(table: str, cols: tuple[str, ...]) -> str:
+    """The same text for the same columns: sqlite3 then reuses its prepared statement."""
+    return f"insert into {table} ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})"
+
+
+@lru_cache(maxsize=256)
+def _update_call_sql(cols: tuple[str, ...]) -> str:
+    return f"update calls set {', '.join(f'{k} = ?' for k in cols)} where id = ?"
 
 
 def node_row(ex: Example | None, *, parent_id: int | None, root_id: int | None, depth: int,
              call_id: int | None, strategy: str, status: str, reason: str | None, raw: str | None = None,
              cost_share: int = 0, novelty: float | None = None, key: str | None = None,
-             operation: str | None = None, verdict: str | None = None) -> dict[str, Any]:
-    """A ``nodes`` row for an example (or for a reply that held none: ``ex`` None)."""
+             operation: str | None = None, verdict: str | None = None,
+             created_at: str | None = None) -> dict[str, Any]:
+    """A ``nodes`` row for an example (or for a reply that held none: ``ex`` None).
+
+    ``created_at``: the time to record (the nodes of one reply share it); now by default."""
     return {
         "parent_id": parent_id, "root_id": root_id, "depth": depth, "call_id": call_id,
         "strategy": strategy, "status": status, "reason": reason,
         "question": ex.question if ex else None, "context": ex.context if ex else None,
-        "options": json.dumps(list(ex.options), ensure_ascii=False) if ex else None,
+        "options": options_json(ex.options) if ex else None,
         "label": ex.label if ex else None, "dedup_key": (key or dedup_key(ex)) if ex else None,
         "raw": raw, "cost_share_micro": cost_share, "expanded": 0, "novelty": novelty,
-        "created_at": utcnow(), "operation": operation or "generate", "verdict": verdict,
+        "created_at": created_at or utcnow(), "operation": operation or "generate", "verdict": verdict,
     }
+
+
+def options_json(options: Sequence[str]) -> str:
+    """The ``options`` column: a JSON list (cached by value: most examples repeat theirs)."""
+    if isinstance(options, tuple):
+        return _options_json_cached(options)
+    return json.dumps(list(options), ensure_ascii=False)
+
+
+@lru_cache(maxsize=4096)
+def _options_json_cached(options: tuple[str, ...]) -> str:
+    return json.dumps(list(options), ensure_ascii=False)
 
 
 def node_example(row: dict[str, Any]) -> Example:
@@ -170,6 +200,33 @@ def _database_errors(path: Path | str) -> Iterator[None]:
         raise
 
 
+class _Transaction:
+    """``begin immediate`` ... ``commit``, or ``rollback`` on any exception, sqlite3's errors
+    mapped as ``_database_errors`` maps them. A plain class rather than two nested generator
+    context managers: three of these run per call on the hot path."""
+
+    __slots__ = ("conn", "path")
+
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self.conn = conn
+        self.path = path
+
+    def __enter__(self) -> sqlite3.Connection:
+        with _database_errors(self.path):
+            self.conn.execute("begin immediate")
+        return self.conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        with _database_errors(self.path):
+            if exc_type is not None:
+                self.conn.execute("rollback")
+                if isinstance(exc, sqlite3.DatabaseError):
+                    with _database_errors(self.path):
+                        raise exc
+                return  # the exception goes on
+            self.conn.execute("commit")
+
+
 class RunStore:
     """One run database. Construct with ``RunStore.create`` or ``RunStore.open``."""
 
@@ -179,6 +236,7 @@ class RunStore:
         self.path = path
         self.readonly = readonly
         self._tables: set[str] | None = None
+        self._known_prompts: dict[str, None] = {}  # insertion-ordered: an LRU of committed prompt hashes
 
     # ---- opening ---------------------------------------------------------------------
     @classmethod
@@ -272,9 +330,7 @@ class RunStore:
             self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives kill -9
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.execute("PRAGMA busy_timeout=5000")
-            import sqlite_utils  # here, not at import: it pulls in pandas when installed (start-up)
-
-            migrations.apply(sqlite_utils.Database(self.conn))
+            migrations.apply_pending(self.conn)  # sqlite_utils only when a migration must run (start-up)
         self._tables = None
 
     def close(self) -> None:
@@ -286,17 +342,9 @@ class RunStore:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Everything inside lands together or not at all."""
-        with _database_errors(self.path):
-            self.conn.execute("begin immediate")
-            try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("rollback")
-                raise
-            self.conn.execute("commit")
+    def transaction(self) -> "_Transaction":
+        """Everything inside lands together or not at all (``with store.transaction() as c``)."""
+        return _Transaction(self.conn, self.path)
 
     def has_table(self, name: str) -> bool:
         if self._tables is None:
@@ -418,7 +466,7 @@ class RunStore:
 
     def mark_expanded(self, node_ids: Sequence[int]) -> None:
         with self.transaction() as c:
-            c.executemany("update nodes set expanded = coalesce(expanded, 0) + 1 where id = ?", [(i,) for i in node_ids])
+            c.executemany(_MARK_EXPANDED, [(i,) for i in node_ids])
             c.execute("update runs set updated_at = ?", [utcnow()])
 
     # ---- calls -----------------------------------------------------------------------
@@ -479,18 +527,36 @@ class RunStore:
     def insert_call(self, row: dict[str, Any], messages: Sequence[dict[str, Any]] | None = None) -> int:
         """A new call row (``pending`` before it is sent) with its request, committed at once.
 
-        The messages are stored once per distinct prompt (``prompts``), referenced by hash.
+        The messages are stored once per distinct prompt (``prompts``), referenced by hash; a
+        prompt this store committed recently (a retry, a repeated request) is not written again.
         """
-        row = dict(row)
+        cols = tuple(row)
+        values = list(row.values())
+        digest = text = None
+        if messages is not None:
+            text = json.dumps(list(messages), ensure_ascii=False, sort_keys=True)
+            digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+            if "prompt_hash" in row:
+                values[cols.index("prompt_hash")] = digest
+            else:
+                cols += ("prompt_hash",)
+                values.append(digest)
+        sql = _insert_sql("calls", cols)
         with self.transaction() as c:
-            if messages is not None:
-                text = json.dumps(list(messages), ensure_ascii=False, sort_keys=True)
-                digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+            if digest is not None and digest not in self._known_prompts:
                 c.execute("insert or ignore into prompts (hash, messages) values (?, ?)", [digest, text])
-                row["prompt_hash"] = digest
-            cols = list(row)
-            return int(c.execute(f"insert into calls ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
-                                 [row[k] for k in cols]).lastrowid or 0)
+            call_id = int(c.execute(sql, values).lastrowid or 0)
+        if digest is not None:
+            self._remember_prompt(digest)
+        return call_id
+
+    def _remember_prompt(self, digest: str) -> None:
+        """Prompts known to be committed, most recent last, at most ``KNOWN_PROMPTS`` of them."""
+        known = self._known_prompts
+        known.pop(digest, None)
+        known[digest] = None
+        if len(known) > KNOWN_PROMPTS:
+            del known[next(iter(known))]
 
     def prompt_messages(self, prompt_hash: str) -> list[dict[str, Any]] | None:
         """The messages a call sent (for audit and replay)."""
@@ -503,13 +569,17 @@ class RunStore:
 
     @staticmethod
     def _update_call(c: sqlite3.Connection, call_id: int, fields: dict[str, Any]) -> None:
-        cols = list(fields)
-        c.execute(f"update calls set {', '.join(f'{k} = ?' for k in cols)} where id = ?",
-                  [fields[k] for k in cols] + [call_id])
+        values = list(fields.values())
+        values.append(call_id)
+        c.execute(_update_call_sql(tuple(fields)), values)
 
     def record_reply(self, call_id: int, call_fields: dict[str, Any], nodes: Sequence[dict[str, Any]],
                      expanded_ids: Sequence[int], mark_simulated: bool = False) -> list[int]:
-        """A reply, its usage and every candidate node in one transaction; returns the new node ids."""
+        """A reply, its usage and every candidate node in one transaction; returns the new node ids.
+
+        ``runs.updated_at`` is not written here (it was one more statement and page per reply):
+        ``add_elapsed`` writes it as working time passes (every couple of seconds in a run),
+        and ``set_status`` at the end; the newest call and node times are in their own rows."""
         ids: list[int] = []
         with self.transaction() as c:
             if mark_simulated:
@@ -517,13 +587,15 @@ class RunStore:
             self._update_call(c, call_id, call_fields)
             if nodes:
                 # One statement for all the nodes: rowids of an INTEGER PRIMARY KEY table are
-                # max + 1 each, and this transaction holds the only writer.
+                # max + 1 each (a b-tree's last key: cheap at any size), and this transaction
+                # holds the only writer.
                 last = int(c.execute("select coalesce(max(id), 0) from nodes").fetchone()[0])
                 c.executemany(_INSERT_NODE, [[row[k] for k in NODE_COLUMNS] for row in nodes])
                 ids = list(range(last + 1, last + 1 + len(nodes)))
-            c.executemany("update nodes set expanded = coalesce(expanded, 0) + 1 where id = ?",
-                          [(i,) for i in expanded_ids])
-            c.execute("update runs set updated_at = ?", [utcnow()])
+            if len(expanded_ids) == 1:
+                c.execute(_MARK_EXPANDED, (expanded_ids[0],))
+            elif expanded_ids:
+                c.executemany(_MARK_EXPANDED, [(i,) for i in expanded_ids])
         return ids
 
     def latest_timestamps(self) -> list[str | None]:

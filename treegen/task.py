@@ -16,6 +16,7 @@ as the string, and is stored as the string.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -165,8 +166,19 @@ def dedup_key(example: Example) -> str:
     Options are sorted so that a reordering is still a duplicate; the label is left out so
     that the same question with a flipped label is a duplicate too.
     """
-    options = "|".join(sorted(normalise_text(o) for o in example.options))
-    return f"{normalise_text(example.context)}\n{normalise_text(example.question)}\n{options}"
+    options = example.options
+    part = _options_part_cached(options) if isinstance(options, tuple) else _options_part(options)
+    return f"{normalise_text(example.context)}\n{normalise_text(example.question)}\n{part}"
+
+
+def _options_part(options: Iterable[str]) -> str:
+    """The options' part of ``dedup_key``."""
+    return "|".join(sorted(normalise_text(o) for o in options))
+
+
+# Cached: most candidates repeat their options (every yes/no example has the same two), and
+# this is on every reply's path.
+_options_part_cached = functools.lru_cache(maxsize=4096)(_options_part)
 
 
 class InvalidExample(ValueError):
@@ -303,21 +315,33 @@ def example_from_dict(obj: Any, fmt: TaskFormat | None = None, strict: bool = Tr
         raise InvalidExample("bad-context", "context must be a string or null")
     if context is not None and not context.strip():
         context = None
-    options = obj["options"]
-    if not isinstance(options, list) or not all(isinstance(o, (str, bool)) for o in options):
+    raw_options = obj["options"]
+    if not isinstance(raw_options, list):
         raise InvalidExample("bad-options", "options must be a list of strings")
-    options = tuple(_as_label(o) for o in options)
+    listed: list[str] = []
+    for o in raw_options:  # what _as_label does, in one pass (this is on every reply's path)
+        if isinstance(o, str):
+            listed.append(o.strip())
+        elif isinstance(o, bool):
+            listed.append("True" if o else "False")
+        else:
+            raise InvalidExample("bad-options", "options must be a list of strings")
+    options = tuple(listed)
     if len(options) < 2:
         raise InvalidExample("bad-options", "options must hold at least two options")
     if any(not o for o in options):
         raise InvalidExample("empty-option", "options must not be empty strings")
-    for name, value in (("question", question), ("context", context), *(("option", o) for o in options)):
-        if value and _SURROGATE.search(value):
-            # json.loads turns an escaped lone surrogate ("\\ud800") into a str that cannot
-            # be encoded (SQLite, files, the API would fail later): refuse it here.
-            raise InvalidExample("bad-text", f"the {name} holds a lone surrogate escape (\\ud800-\\udfff), which is not a character")
-    if strict:
+    # ASCII text holds no surrogate: most examples skip the search.
+    if not (question.isascii() and (context is None or context.isascii()) and all(o.isascii() for o in options)):
+        for name, value in (("question", question), ("context", context), *(("option", o) for o in options)):
+            if value and _SURROGATE.search(value):
+                # json.loads turns an escaped lone surrogate ("\\ud800") into a str that cannot
+                # be encoded (SQLite, files, the API would fail later): refuse it here.
+                raise InvalidExample("bad-text", f"the {name} holds a lone surrogate escape (\\ud800-\\udfff), which is not a character")
+    if strict and options not in _DISTINCT_OPTIONS:
         _check_distinct(options)
+        if len(_DISTINCT_OPTIONS) < 4096:  # bounded: most runs repeat a few option sets (True/False)
+            _DISTINCT_OPTIONS.add(options)
     label = _as_label(obj["label"])
     if label not in options:
         # Accept a label that differs only in case or surrounding space, as models write it.
@@ -337,7 +361,12 @@ def option_key(option: str) -> str:
     Lighter than ``normalise_text`` on purpose: "-1" and "1", or "C" and "C++", are different
     answers even though they differ only in punctuation.
     """
+    if option.isascii():  # NFKC leaves ASCII as it is, and casefold is lower there
+        return " ".join(option.lower().split())
     return " ".join(unicodedata.normalize("NFKC", option).casefold().split())
+
+
+_DISTINCT_OPTIONS: set[tuple[str, ...]] = set()  # option sets already found distinct
 
 
 def _check_distinct(options: tuple[str, ...]) -> None:
