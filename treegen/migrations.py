@@ -304,11 +304,13 @@ def pending_names(conn: sqlite3.Connection) -> list[str] | None:
     return [fn.__name__ for fn in _MIGRATIONS if fn.__name__ not in applied]
 
 
-def apply_pending(conn: sqlite3.Connection) -> None:
-    """Bring the database on ``conn`` up to date; imports sqlite_utils only when there is work."""
+def apply_pending(conn: sqlite3.Connection) -> bool:
+    """Bring the database on ``conn`` up to date; imports sqlite_utils only when there is work.
+    True when a migration ran."""
     if pending_names(conn) == []:
-        return
+        return False
     migration_set().apply(import_sqlite_utils().Database(conn))
+    return True
 
 
 def apply(db: sqlite_utils.Database) -> None:

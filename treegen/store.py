@@ -330,7 +330,10 @@ class RunStore:
             self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives kill -9
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.execute("PRAGMA busy_timeout=5000")
-            migrations.apply_pending(self.conn)  # sqlite_utils only when a migration must run (start-up)
+            if migrations.apply_pending(self.conn):  # sqlite_utils only when a migration must run (start-up)
+                # A new schema writes hundreds of KB of pages to the WAL: fold them into the
+                # database now, while there is room, rather than on a resume after a full disk.
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._tables = None
 
     def close(self) -> None:
