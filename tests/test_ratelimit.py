@@ -244,3 +244,18 @@ def test_no_429_from_a_server_enforcing_the_same_limit_per_second():
     assert span >= 2.35
     assert 24 / span >= 0.95 * rpm / 60
     assert _busiest(arrivals, 1.0) <= rpm / 60 + 1
+
+
+def test_try_acquire_takes_a_free_turn_and_refuses_when_a_wait_is_due():
+    """The hot path's shortcut: a turn taken without a task when the bucket has room; refused
+    (so the caller queues) when it would have to wait, or when others are queued."""
+    from treegen.ratelimit import RateLimiter
+
+    limiter = RateLimiter(rpm=60)  # one a second, a small burst
+    taken = 0
+    while limiter.try_acquire(10):
+        taken += 1
+        assert taken < 100
+    assert taken >= 1
+    assert limiter.wait_seconds(10) > 0
+    assert RateLimiter().try_acquire(10)  # no limits: always free

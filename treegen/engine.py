@@ -753,6 +753,8 @@ class Engine:
     async def _wait_turn(self, tokens: int) -> bool:
         """Wait for the rate limiter; False if the run stops first."""
         assert self._stopped is not None
+        if self.limiter.try_acquire(tokens):
+            return not self._stopped.is_set()
         turn = asyncio.ensure_future(self.limiter.acquire(tokens))
         stop = asyncio.ensure_future(self._stopped.wait())
         try:

@@ -87,6 +87,18 @@ class RateLimiter:
             wait = max(wait, self._tokens.wait(float(tokens), now))
         return max(0.0, wait)
 
+    def try_acquire(self, tokens: int) -> bool:
+        """Take this request's turn now if nobody is queued and both limits allow it (no task,
+        no wait: the common case on the hot path); False means call ``acquire``."""
+        if self._queue or self.wait_seconds(tokens) > 0:
+            return False
+        now = self._clock()
+        if self._requests is not None:
+            self._requests.take(1.0, now)
+        if self._tokens is not None:
+            self._tokens.take(float(tokens), now)
+        return True
+
     async def acquire(self, tokens: int) -> None:
         """Wait for this request's turn: after everyone queued before it, within both limits."""
         if self._requests is None and self._tokens is None and not self._queue \
