@@ -380,8 +380,11 @@ def render(args: argparse.Namespace) -> None:
             "no better than chance removes right and wrong labels alike.",
             "",
         ]
+    path = RESULTS / "quality.md"
+    kept = path.read_text(encoding="utf-8").split(NOTES, 1)[1] if path.exists() and NOTES in path.read_text(
+        encoding="utf-8") else "\n"
     lines += [NOTES]
-    (RESULTS / "quality.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(lines) + kept, encoding="utf-8")
     print((RESULTS / "quality.md").read_text())
 
 
