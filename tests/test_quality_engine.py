@@ -294,3 +294,16 @@ def test_resume_judges_a_verified_reply_with_the_votes_already_paid_for(tmp_path
     unverified = q(run, "select status, reason from nodes where call_id = ?", (before,))
     assert unverified and all(s == "rejected" for s, _ in unverified)
     assert any(r == "unverified" for _, r in unverified)
+
+
+def test_unusable_attribute_answers_are_asked_again_a_bounded_number_of_times(tmp_path, yesno_seeds, strategyqa_pool):
+    # Every reply cut mid-object: no usable attributes however often it is asked.
+    with SimServer(SimConfig(pool_path=str(strategyqa_pool), truncate_rate=1.0)) as srv:
+        result = cli("run", yesno_seeds, "--base-url", srv.base_url, "--max-calls", 10, "--attributes", "auto",
+                     "--out", tmp_path / "a", "--quiet")
+    assert result.exit_code == 1
+    assert "--attributes FILE" in result.output
+    run = only_run(tmp_path / "a")
+    assert q(run, "select count(*) from calls where purpose = 'attributes'")[0][0] == 3  # asked, then 2 more
+    assert q(run, "select count(*) from calls where coalesce(purpose, 'generate') = 'generate'")[0][0] == 0
+    assert q(run, "select status from runs")[0][0] == "failed"

@@ -35,6 +35,7 @@ from treegen import acceptance
 from treegen.budget import BudgetReached, Ledger, Reservation, afford_max_tokens, reconcile_usage
 from treegen.client import AttemptFailure, ChatClient, ChatReply, backoff_seconds
 from treegen.config import RunConfig
+from treegen.errors import InputError
 from treegen.parsing import parse_reply
 from treegen.prices import worst_case_micro
 from treegen.prompts import build_messages
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 # A request's completion budget may shrink to fit what is left of a cap, but never below
 # what k examples need: this many tokens per example asked.
 MIN_TOKENS_PER_EXAMPLE = 48
+ATTRIBUTE_RETRIES = 2  # --attributes auto: unusable answers asked again this often
 EVIDENCE_CHARS = 600  # per passage shown to the verifier (--facts)
 ELAPSED_FLUSH_SECONDS = 2.0  # how often a session's working time is written to the run
 
@@ -455,25 +457,34 @@ class Engine:
         from treegen.attributes import ATTRIBUTES_SCHEMA_NAME, auto_messages, auto_response_format, parse_auto
 
         seeds = [node_example(r) for r in self.store.nodes(("seed",))]
-        spec = _SideSpec(
-            purpose="attributes", messages=auto_messages(seeds, self.fmt, self.cfg.task_description),
-            response_format=auto_response_format(self.dialect), max_tokens=min(self.cfg.max_output_tokens, 600),
-            model=self.cfg.model, price=self.price, request_key=ATTRIBUTES_SCHEMA_NAME,
-            seed=stable_seed(self.cfg.seed, "attributes"), temperature=0.0,
-            attempts_before=self.store.count_purpose("attributes"),
-        )
-        # A reply paid for by a session that died before keeping it is used, not asked again.
-        text = self.store.last_module_reply("attributes") or await self._side_call(spec)
-        if text is None:
+        problem = "no reply"
+        # A reply paid for by a session that died before keeping it is read first; an unusable
+        # answer (prose, a cut reply) is asked again, a few times, each a recorded call.
+        text = self.store.last_module_reply("attributes")
+        for ask in range(1 + ATTRIBUTE_RETRIES):
+            if text is None:
+                spec = _SideSpec(
+                    purpose="attributes", messages=auto_messages(seeds, self.fmt, self.cfg.task_description),
+                    response_format=auto_response_format(self.dialect), max_tokens=min(self.cfg.max_output_tokens, 600),
+                    model=self.cfg.model, price=self.price, request_key=ATTRIBUTES_SCHEMA_NAME,
+                    seed=stable_seed(self.cfg.seed, "attributes", self.store.count_purpose("attributes")),
+                    temperature=0.0 if ask == 0 else self.cfg.temperature,
+                    attempts_before=self.store.count_purpose("attributes"),
+                )
+                text = await self._side_call(spec)
+                if text is None:
+                    problem = self.last_error or "no reply"
+                    break
+            try:
+                self._attributes = parse_auto(text)
+                break
+            except InputError as exc:
+                problem = f"the model's answer held no usable attributes: {exc}"
+                text = None
+        if self._attributes is None:
             if self.stop_reason is None:
-                self._stop(RunStatus.FAILED, "--attributes auto: the model could not be asked for attributes "
-                                             f"({self.last_error or 'no reply'}); retry, or give a file of attributes")
-            return
-        try:
-            self._attributes = parse_auto(text)
-        except Exception as exc:  # an unusable answer ends the run rather than silently ignoring the flag
-            self.fatal = f"--attributes auto: the model's answer held no usable attributes ({exc}); give a file instead"
-            self._stop(RunStatus.FAILED, self.fatal)
+                self.fatal = f"--attributes auto: {problem}; retry, or give a file of attributes (--attributes FILE)"
+                self._stop(RunStatus.FAILED, self.fatal)
             return
         self.cfg.attribute_values = self._attributes.to_json()
         self.store.save_config(self.cfg.to_json())
