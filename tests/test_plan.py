@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 import treegen
 from treegen import cli_batch
 from treegen.config import from_options
-from treegen.forecast import (CallSample, YieldCurve, acceptance_posterior, accepted_before, calls_to_reach,
-                              calls_to_target, completion_sd, fit_yield_curves, forecast, t_widen, warn_if_short)
+from treegen.forecast import (CallSample, CompletionModel, YieldCurve, acceptance_posterior, accepted_before,
+                              calls_to_reach, calls_to_target, fit_yield_curves, forecast, t_widen, warn_if_short)
 from treegen.prices import load_price_table, price_for
 from treegen.task import example_from_dict
 
@@ -27,7 +27,7 @@ def test_constant_pilot_gives_the_exact_expected_figures() -> None:
     # 10 calls of 5, plus half a call: on average the call that reaches the target overshoots it.
     assert fc.calls.expected == 10.5
     assert fc.calls.low == 10  # never fewer than target / k
-    assert fc.tokens.expected == 10.5 * 300
+    assert fc.tokens.expected == pytest.approx(10.5 * 300, rel=1e-12)  # exp(log(200)): float only
     assert PRICE is not None
     assert fc.usd.expected == pytest.approx(10.5 * (100 * PRICE.input + 200 * PRICE.output) / 1e12)
     assert fc.batch_usd.expected == pytest.approx(10.5 * (100 * PRICE.batch_input + 200 * PRICE.batch_output) / 1e12)
@@ -50,10 +50,33 @@ def test_the_floors_shrink_as_the_pilot_grows() -> None:
 
     widths = [width(n) for n in (3, 12, 60)]
     assert widths[0] > widths[1] > widths[2] > 0
-    assert completion_sd([100.0] * 3) > completion_sd([100.0] * 30) > 0  # the prior's weight fades
-    assert completion_sd([50.0, 150.0] * 50) == pytest.approx(50.0, rel=0.05)  # the pilot's own spread wins
+    assert CompletionModel.fit([100.0] * 3).sd > CompletionModel.fit([100.0] * 30).sd > 0  # the prior fades
+    spread = CompletionModel.fit([50.0, 150.0] * 50)
+    assert spread.sd == pytest.approx(0.55, rel=0.05)  # the pilot's own spread (log 3 / 2) wins
     a, b = acceptance_posterior(15, 15)
     assert (a, b) == (16.0, 1.0) and a / (a + b) < 1.0
+
+
+def test_one_long_call_of_a_small_pilot_widens_the_range_without_dragging_it() -> None:
+    # The REAL 3-call pilot that missed: one call of 338 completion tokens; the run averaged 165.
+    long_one, even = [191.0, 229.0, 338.0], [191.0, 229.0, 229.0]
+    model = CompletionModel.fit(long_one)
+    assert model.expected < sum(long_one) / 3 - 10  # the median of the logs, not the mean
+    assert model.expected > 229.0  # ...with the pilot's own skew: more than the median
+    assert model.sd > CompletionModel.fit(even).sd  # the long call still widens
+
+    def fc(completion: list[float]):
+        samples = [CallSample(77, int(c), a, True, 6.0) for c, a in zip(completion, [5, 3, 4])]
+        return forecast(samples, [77], target=30, price=PRICE, k=5)
+
+    wide, narrow = fc(long_one), fc(even)
+    assert wide.usd.high - wide.usd.low > narrow.usd.high - narrow.usd.low
+    assert wide.usd.low <= narrow.usd.low  # the long call can only lower the low end, never raise it
+    # A large log-normal pilot: the fit recovers the mean.
+    rng = __import__("numpy").random.default_rng(1)
+    big = rng.lognormal(5.2, 0.3, size=4000)
+    assert CompletionModel.fit(big).expected == pytest.approx(float(big.mean()), rel=0.02)
+    assert CompletionModel.fit([]).expected == 0.0
 
 
 def test_rate_limits_bound_the_wall_time() -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Literal, Sequence
 from urllib.parse import urlparse
 
@@ -53,6 +53,28 @@ TERMINAL = ("completed", "expired", "cancelled", "failed")
 MAX_WAVE_REQUESTS = 50_000  # OpenAI's limit of requests in one batch
 FRONTIER_STRATEGIES = ("tree", "novelty", "naive")  # a wave is what the strategy offers at once
 LIST_LOOKBACK_S = 600  # how far before a wave's rows a batch of it can have been created
+
+
+# ---- progress ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchInFlight:
+    """One batch job being polled: the provider's status and request counts at its last poll."""
+
+    wave: int
+    batch_id: str
+    status: str
+    requests: int | None  # None until the provider says (validating)
+    completed: int
+    failed: int
+
+
+@dataclass
+class BatchProgress(Progress):
+    """A ``Progress`` of a ``--batch`` run: ``in_flight`` counts requests waiting in batches;
+    ``batches`` are the jobs in flight with their counts, ``batches_done`` those ended this session."""
+
+    batches: list[BatchInFlight] = field(default_factory=list)
+    batches_done: int = 0
 
 
 # ---- Batch prices (pure) ----------------------------------------------------------------
@@ -150,11 +172,26 @@ class BatchEngine(Engine):
         self._waiting: dict[str, _Batched] = {}  # custom_id -> request of the wave in flight
         self._api: openai.AsyncOpenAI | None = None
         self.batches_in_flight = 0
+        self._live: dict[int, BatchInFlight] = {}  # batches row id -> its last poll, while polled
+        self.batches_done = 0
 
-    def progress(self) -> Progress:
+    def progress(self) -> BatchProgress:
         p = super().progress()
-        p.in_flight = len(self._waiting)
-        return p
+        base = {f.name: getattr(p, f.name) for f in fields(Progress)}
+        base["in_flight"] = len(self._waiting)
+        return BatchProgress(**base, batches=sorted(self._live.values(), key=lambda b: b.wave),
+                             batches_done=self.batches_done)
+
+    def _note_poll(self, row: dict[str, Any], batch: Any) -> None:
+        """What the progress shows of this batch: its status and counts at this poll."""
+        counts = getattr(batch, "request_counts", None) if batch is not None else None
+        last = self._live.get(row["id"])
+        self._live[row["id"]] = BatchInFlight(
+            wave=int(row["wave"]), batch_id=str(row["provider_batch_id"]),
+            status=str(batch.status) if batch is not None else (last.status if last else str(row["status"])),
+            requests=counts.total if counts else (last.requests if last else row.get("requests")),
+            completed=counts.completed if counts else (last.completed if last else int(row.get("completed") or 0)),
+            failed=counts.failed if counts else (last.failed if last else int(row.get("failed") or 0)))
 
     # ---- the loop --------------------------------------------------------------------
     async def run(self) -> RunResult:
@@ -354,6 +391,9 @@ class BatchEngine(Engine):
         for r in requests:
             self._waiting[r.custom_id] = r
         self.batches_in_flight += 1
+        self._note_poll(row, None)
+        self._report(force=True)  # the new batch shows at once, not at the next throttled event
+        ended = False
         try:
             delay = 0.05
             while True:
@@ -372,6 +412,7 @@ class BatchEngine(Engine):
                         "error_file_id": batch.error_file_id, "updated_at": utcnow(),
                         "completed": counts.completed if counts else None, "failed": counts.failed if counts else None,
                     })
+                    self._note_poll(row, batch)
                     if batch.status in TERMINAL:
                         break
                 self._report()
@@ -383,8 +424,11 @@ class BatchEngine(Engine):
                     pass
                 delay = min(delay * 2, self.poll_max_s)
             await self._record_files(batch, requests)
+            ended = True
         finally:
             self.batches_in_flight -= 1
+            self._live.pop(row["id"], None)
+            self.batches_done += ended
             for r in requests:
                 self._waiting.pop(r.custom_id, None)
 
@@ -672,5 +716,5 @@ async def cancel_batches(store: RunStore, cfg: RunConfig, api_key: str | None, h
     return confirmed
 
 
-__all__ = ["BatchEngine", "batch_price", "batch_worst_case_micro", "batch_cost_micro", "run_batch",
+__all__ = ["BatchEngine", "BatchInFlight", "BatchProgress", "batch_price", "batch_worst_case_micro", "batch_cost_micro", "run_batch",
            "batch_summary", "cancel_batches", "reply_from_body"]

@@ -125,6 +125,10 @@ class _Request:
     purpose: str = "generate"  # or "harder": a rewrite of the parent into a harder example
 
 
+class TurnAbandoned(Exception):
+    """A reply's turn in the reorder buffer will never come (an earlier request died)."""
+
+
 @dataclass
 class _SideSpec:
     """A quality module's call (verify, attributes): its own model, price and budget; it
@@ -980,7 +984,12 @@ class Engine:
         """The reorder buffer: results are handled in the order their requests were made."""
         assert self._turns is not None
         async with self._turns:
-            await self._turns.wait_for(lambda: self._next_turn >= seq)
+            await self._turns.wait_for(lambda: self._next_turn >= seq or self._task_error is not None)
+            if self._next_turn < seq:
+                # A request before this one died of an error (a full disk) and will never take
+                # its turn: the run is failing. This reply is already recorded (a resume
+                # decides it); waiting would hang the run.
+                raise TurnAbandoned(f"request {seq} not decided: an earlier request failed")
         try:
             yield
         finally:
@@ -1098,9 +1107,15 @@ class Engine:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None and self._task_error is None:
+        if exc is not None and self._task_error is None and not isinstance(exc, TurnAbandoned):
             self._task_error = exc
             self._stop(RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
+            asyncio.ensure_future(self._wake_turns())  # requests waiting for the dead one's turn
+
+    async def _wake_turns(self) -> None:
+        if self._turns is not None:
+            async with self._turns:
+                self._turns.notify_all()
 
     def _tick(self) -> float:
         """How long to wait for a request before checking the caps again."""

@@ -21,9 +21,10 @@ gamma), then adds the run's own randomness (calls vary by cv * sqrt(calls)); the
 
 A pilot of a few identical calls resamples to no spread at all, so the spread has floors that
 fade as the pilot grows: the acceptance share gets at least the spread of its Beta(1 + accepted,
-1 + rejected) posterior (15/15 accepted is not certainty); completion tokens per call are pooled
-with a prior spread (cv 0.2, worth 4 calls) and vary over the run's own calls; accepted per call
-vary at least binomially. Calls are whole (the last is paid in full; +0.5 on the expected) and
+1 + rejected) posterior (15/15 accepted is not certainty); accepted per call vary at least
+binomially. Completion tokens per call are log-normal (``CompletionModel``): centred on the
+median of the pilot's logs, so one long call of a handful does not drag the forecast, with the
+pilot's spread pooled with a prior one (log-sd 0.2, worth 4 calls), varying over the run's calls. Calls are whole (the last is paid in full; +0.5 on the expected) and
 the low end is not under target / k (k asked per call; more if the pilot saw more).
 
 Everything here but ``forecast_from_run`` and ``run_pilot`` is a pure function.
@@ -264,8 +265,9 @@ def forecast(samples: Sequence[CallSample], prompt_tokens: Sequence[int], target
     calls = np.ceil(calls - 1e-9)
     p_mean = prompts[rng.integers(0, len(prompts), size=(replicates, len(prompts)))].mean(axis=1)
     b_share = billed[idx].mean(axis=1)
-    comp_mean = completion_means(comp, comp[idx].mean(axis=1), calls, rng)
-    arr = summarise(calls, calls * b_share * p_mean, calls * comp_mean, secs[idx].mean(axis=1))
+    comp_model = CompletionModel.fit(comp[billed > 0])
+    comp_mean = comp_model.run_means(calls * b_share, rng)
+    arr = summarise(calls, calls * b_share * p_mean, calls * b_share * comp_mean, secs[idx].mean(axis=1))
     # The expected values: the curve fitted on the whole pilot, no resampling.
     curves = [YieldCurve(float(m[0]), float(p[0]), gamma)
               for gamma in gammas for m, p in [fit_yield_curves(acc[None, :], before[None, :], gamma)]]
@@ -278,7 +280,7 @@ def forecast(samples: Sequence[CallSample], prompt_tokens: Sequence[int], target
     # On average the last call overshoots the target by half a call, and it is paid in full.
     calls_e = min(calls_e + 0.5, MAX_CALLS)
     exp = summarise(np.array([calls_e]), np.array([calls_e * billed.mean() * prompts.mean()]),
-                    np.array([calls_e * comp.mean()]), np.array([secs.mean()]))[0]
+                    np.array([calls_e * billed.mean() * comp_model.expected]), np.array([secs.mean()]))[0]
     # The priors above count as pilot calls for the small-sample widening (they already floor
     # the spread a handful of calls cannot show).
     widen = t_widen(n + int(COMPLETION_PRIOR_CALLS))
@@ -304,9 +306,9 @@ def forecast(samples: Sequence[CallSample], prompt_tokens: Sequence[int], target
 # Prior pseudo-observations on the share of candidates accepted: Beta(1, 1), uniform. Two
 # candidates' worth: negligible against a pilot of dozens of calls, decisive against three.
 ACCEPT_PRIOR = (1.0, 1.0)
-# Prior on completion tokens per call: a coefficient of variation of 0.2, worth 4 calls. Real
-# small models vary more from call to call than a 3-call pilot shows (REAL rows in
-# benchmarks/results/forecast.md); the pilot's own spread takes over as it grows.
+# Prior on completion tokens per call: a log-sd of 0.2 (about a coefficient of variation of 0.2),
+# worth 4 calls. Real small models vary more from call to call than a 3-call pilot shows (REAL
+# rows in benchmarks/results/forecast.md); the pilot's own spread takes over as it grows.
 COMPLETION_PRIOR_CV = 0.2
 COMPLETION_PRIOR_CALLS = 4.0
 
@@ -333,31 +335,51 @@ def acceptance_level_factor(accepted: float, candidates: float, resampled_share:
     return np.maximum(1.0 + (draw - post_mean) / post_mean * math.sqrt(missing), 1e-3)
 
 
-def completion_sd(completion: ArrayLike, prior_cv: float = COMPLETION_PRIOR_CV,
-                  prior_calls: float = COMPLETION_PRIOR_CALLS) -> float:
-    """Completion tokens per call: the pilot's standard deviation pooled with a prior one
-    (``prior_cv`` x the pilot's mean, worth ``prior_calls`` calls). A floor for small pilots
-    that the pilot's own spread outweighs as it grows."""
-    c = np.asarray(completion, dtype=float)
-    if len(c) == 0:
-        return 0.0
-    mean = float(c.mean())
-    ss = float(((c - mean) ** 2).sum())
-    return math.sqrt((prior_calls * (prior_cv * mean) ** 2 + ss) / (prior_calls + max(len(c) - 1, 0)))
+@dataclass(frozen=True)
+class CompletionModel:
+    """Completion tokens per billed call, log-normal: ``log`` tokens have centre ``center`` and
+    spread ``sd``, fitted on ``n`` pilot calls.
 
+    The centre is the median of the logs, not the mean: completion lengths are right-skewed (one
+    call of a 3-call REAL pilot wrote 338 tokens, the run's calls averaged 165), and with a
+    handful of calls a single long one must not drag the forecast. The spread is the pilot's,
+    pooled with a prior (``COMPLETION_PRIOR_CV`` worth ``COMPLETION_PRIOR_CALLS`` calls), so a long
+    call still widens the range while it no longer shifts it. The expected tokens per call are
+    the log-normal mean with the pilot's own spread, exp(center + pilot_var / 2): the prior widens
+    the range, it does not move the expected (a pilot of identical calls expects exactly them)."""
 
-def completion_means(completion: ArrayLike, resampled_means: np.ndarray, calls: np.ndarray,
-                     rng: np.random.Generator) -> np.ndarray:
-    """Per replicate, the mean completion tokens per call over the run: the bootstrap's mean,
-    topped up to the pooled sd's uncertainty of the pilot mean (sd^2/n) where the bootstrap shows
-    less, plus the run's own averaging over its ``calls`` (sd^2/calls)."""
-    c = np.asarray(completion, dtype=float)
-    if len(c) == 0:
-        return resampled_means
-    sd = completion_sd(c)
-    missing = max(0.0, sd ** 2 / len(c) - float(np.var(resampled_means)))
-    var = missing + sd ** 2 / np.maximum(calls, 1.0)
-    return np.maximum(0.0, resampled_means + rng.standard_normal(len(resampled_means)) * np.sqrt(var))
+    center: float
+    sd: float
+    n: int
+    pilot_var: float = 0.0  # the pilot's own variance of log tokens (0 for one call)
+
+    @classmethod
+    def fit(cls, completion: ArrayLike, prior_sd: float = COMPLETION_PRIOR_CV,
+            prior_calls: float = COMPLETION_PRIOR_CALLS) -> "CompletionModel":
+        c = np.asarray(completion, dtype=float)
+        if len(c) == 0:
+            return cls(center=-math.inf, sd=0.0, n=0)  # nothing billed: no completion tokens
+        logs = np.log(np.maximum(c, 1.0))
+        ss = float(((logs - logs.mean()) ** 2).sum())
+        sd = math.sqrt((prior_calls * prior_sd ** 2 + ss) / (prior_calls + len(c) - 1))
+        pilot_var = ss / (len(c) - 1) if len(c) > 1 else 0.0
+        return cls(center=float(np.median(logs)), sd=sd, n=len(c), pilot_var=pilot_var)
+
+    @property
+    def expected(self) -> float:
+        return 0.0 if self.n == 0 else math.exp(self.center + self.pilot_var / 2)
+
+    def run_means(self, calls: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Per replicate, the mean completion tokens per billed call over a run of ``calls``
+        billed calls: the centre's own uncertainty (the variance of a median of n normal
+        draws, pi / (2n + 4 - pi) sd^2: 0.458 for n = 3, exact 0.449; pi / 2n for large n) plus
+        the run's averaging over its calls (log-sd sd / sqrt(calls))."""
+        if self.n == 0:
+            return np.zeros(len(calls))
+        center_sd = self.sd * math.sqrt(math.pi / (2 * self.n + 4 - math.pi))
+        centers = self.center + center_sd * rng.standard_normal(len(calls))
+        run_sd = self.sd / np.sqrt(np.maximum(calls, 1.0))
+        return np.exp(centers + self.pilot_var / 2 + run_sd * rng.standard_normal(len(calls)) - run_sd ** 2 / 2)
 
 
 def _waves(calls: float, tree_like: bool, batch_wave: int, k: int, target: int) -> int:
