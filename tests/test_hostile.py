@@ -298,11 +298,15 @@ def test_bad_sim_error_rate_is_refused(tmp_path, yesno_seeds):
 def test_bad_run_name_is_refused(tmp_path, yesno_seeds, name):
     out = tmp_path / "a" / "b" / "runs"
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    # Where the name would point (from --out, and from the working directory): compared before
+    # and after, since a folder of that name may exist on the machine already.
+    targets = [out / name, Path(name)]
+    existed = [t.exists() and sorted(t.rglob("*")) for t in targets]
     result = cli(*run_args(yesno_seeds, DEAD_URL, out, name, "--max-calls", "3"))
     assert result.exit_code == 2, text_of(result)
     assert "--name" in text_of(result)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
-    assert not Path(name).exists() or name == "/abs" and not Path("/abs").exists()
+    assert [t.exists() and sorted(t.rglob("*")) for t in targets] == existed
 
 
 def test_out_that_is_a_file_is_refused(tmp_path, yesno_seeds):
