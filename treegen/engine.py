@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
 from treegen import acceptance
-from treegen.budget import BudgetReached, Ledger, Reservation, afford_max_tokens, reconcile_usage
+from treegen.budget import BudgetReached, Ledger, Reservation, Usage, afford_max_tokens, reconcile_usage
 from treegen.client import AttemptFailure, ChatClient, ChatReply, backoff_seconds
 from treegen.config import RunConfig
 from treegen.errors import InputError
@@ -354,14 +354,9 @@ class Engine:
                     continue
                 usage = reconcile_usage(spec.price, reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens,
                                         reply.text, spec.model, reserved_prompt, max_tokens, local)
-                text = reply.text.encode("utf-8", "replace").decode("utf-8")
+                text = _storable(reply.text)
                 self.store.update_call(call_id, {
-                    "simulated": int(reply.simulated or self.simulated),
-                    "status": CallStatus.ANOMALY if usage.anomaly else CallStatus.OK, "error": usage.anomaly,
-                    "finish_reason": reply.finish_reason, "request_id": reply.request_id,
-                    "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                    "cached_tokens": reply.cached_tokens, "cost_micro": usage.cost_micro,
-                    "duration_ms": int((time.monotonic() - started) * 1000), "response_text": text,
+                    **self._reply_fields(reply, usage, int((time.monotonic() - started) * 1000), text),
                     "n_parsed": 0, "n_accepted": 0,
                 })
                 # Persisted: now count its money.
@@ -373,14 +368,7 @@ class Engine:
                     return None
                 return text
             except asyncio.CancelledError:
-                if not reservation.settled:
-                    if call_id is not None:
-                        self.store.update_call(call_id, {"status": CallStatus.TIMEOUT,
-                                                         "error": "abandoned when the run stopped; counted at its reservation"})
-                        self.ledger.settle(reservation, None, None)
-                    else:
-                        self.ledger.release(reservation)
-                self._notify_settled()
+                self._abandoned(reservation, call_id)
                 raise
         return None
 
@@ -685,17 +673,31 @@ class Engine:
                 await self._finish_job(req, [], call_id, expanded=False)
                 return
         except asyncio.CancelledError:
-            # Abandoned (time cap, second Ctrl-C): a request on the wire may be billed, so its
-            # reservation stays counted, as for a timeout.
-            if reservation is not None and not reservation.settled:
-                if call_id is not None and (self.store.call(call_id) or {}).get("status") == CallStatus.PENDING:
-                    self.store.update_call(call_id, {"status": CallStatus.TIMEOUT,
-                                                     "error": "abandoned when the run stopped; counted at its reservation"})
-                    self.ledger.settle(reservation, None, None)
-                else:
-                    self.ledger.release(reservation)
-            self._notify_settled()
+            self._abandoned(reservation, call_id)
             raise
+
+    def _abandoned(self, reservation: Reservation | None, call_id: int | None) -> None:
+        """A request cancelled (time cap, second Ctrl-C): one on the wire may be billed, so its
+        reservation stays counted, as for a timeout; one never sent gives its reservation back."""
+        if reservation is not None and not reservation.settled:
+            if call_id is not None and (self.store.call(call_id) or {}).get("status") == CallStatus.PENDING:
+                self.store.update_call(call_id, {"status": CallStatus.TIMEOUT,
+                                                 "error": "abandoned when the run stopped; counted at its reservation"})
+                self.ledger.settle(reservation, None, None)
+            else:
+                self.ledger.release(reservation)
+        self._notify_settled()
+
+    def _reply_fields(self, reply: ChatReply, usage: Usage, duration_ms: int, text: str) -> dict[str, Any]:
+        """The call row's fields for an answered request (generation or module call)."""
+        return {
+            "simulated": int(reply.simulated or self.simulated),
+            "status": CallStatus.ANOMALY if usage.anomaly else CallStatus.OK,
+            "error": usage.anomaly, "finish_reason": reply.finish_reason, "request_id": reply.request_id,
+            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "cached_tokens": reply.cached_tokens, "cost_micro": usage.cost_micro, "duration_ms": duration_ms,
+            "response_text": text,
+        }
 
     async def _attempt(self, req: _Request, call_id: int, reservation: Reservation, request_seed: int,
                        started: float, attempt: int, rng: random.Random) -> str | float:
@@ -817,16 +819,9 @@ class Engine:
         if reply.prompt_tokens is not None:
             self.prompt_ratio = max(self.prompt_ratio, reply.prompt_tokens / max(1, req.local_prompt))
             self.ratio_known = True
-        text = reply.text.encode("utf-8", "replace").decode("utf-8")  # no lone surrogates in SQLite
+        text = _storable(reply.text)
         newly_simulated = reply.simulated and not self.simulated
-        fields = {
-            "simulated": int(reply.simulated or self.simulated),
-            "status": CallStatus.ANOMALY if usage.anomaly else CallStatus.OK,
-            "error": usage.anomaly, "finish_reason": reply.finish_reason, "request_id": reply.request_id,
-            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "cached_tokens": reply.cached_tokens, "cost_micro": usage.cost_micro, "duration_ms": duration,
-            "response_text": text,
-        }
+        fields = self._reply_fields(reply, usage, duration, text)
         turns = self._turns
         if (not usage.anomaly and not self.cfg.verify and self._index is None and not self.strategy.uses_embeddings
                 and turns is not None
@@ -1148,6 +1143,11 @@ class Engine:
             accepted=self.ledger.accepted, spent_micro=self.ledger.spent_micro, spent_tokens=self.ledger.spent_tokens,
             calls=self.ledger.calls, simulated=self.simulated, fatal=self.fatal,
         )
+
+
+def _storable(text: str) -> str:
+    """Reply text SQLite can store: no lone surrogates."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _now() -> str:
