@@ -258,11 +258,9 @@ def _is_numeric_row(obj: dict[str, Any], fmt: TaskFormat | None) -> bool:
     return _has_no_options(obj) and canonical_number(_numeric_label_value(obj)) is not None
 
 
-def _numeric_example_from_dict(obj: dict[str, Any], fmt: TaskFormat | None) -> Example:
-    if "question" not in obj:
-        raise InvalidExample("missing-field", "missing field 'question'")
-    if "label" not in obj and "answer" not in obj:
-        raise InvalidExample("missing-field", "missing field 'label' (the number that answers the question)")
+def _question_and_context(obj: dict[str, Any]) -> tuple[str, str | None]:
+    """The question (a non-empty string) and the context (a string, or None when absent or
+    blank) of a row, as every format reads them."""
     question = obj["question"]
     if not isinstance(question, str) or not question.strip():
         raise InvalidExample("empty-question", "question must be a non-empty string")
@@ -271,6 +269,15 @@ def _numeric_example_from_dict(obj: dict[str, Any], fmt: TaskFormat | None) -> E
         raise InvalidExample("bad-context", "context must be a string or null")
     if context is not None and not context.strip():
         context = None
+    return question, context
+
+
+def _numeric_example_from_dict(obj: dict[str, Any], fmt: TaskFormat | None) -> Example:
+    if "question" not in obj:
+        raise InvalidExample("missing-field", "missing field 'question'")
+    if "label" not in obj and "answer" not in obj:
+        raise InvalidExample("missing-field", "missing field 'label' (the number that answers the question)")
+    question, context = _question_and_context(obj)
     if not _has_no_options(obj):
         raise InvalidExample("wrong-options", "a numeric example has no options (leave them out or write [])")
     for name, value in (("question", question), ("context", context)):
@@ -307,14 +314,7 @@ def example_from_dict(obj: Any, fmt: TaskFormat | None = None, strict: bool = Tr
     for field in ("question", "options", "label"):
         if field not in obj:
             raise InvalidExample("missing-field", f"missing field {field!r}")
-    question = obj["question"]
-    if not isinstance(question, str) or not question.strip():
-        raise InvalidExample("empty-question", "question must be a non-empty string")
-    context = obj.get("context")
-    if context is not None and not isinstance(context, str):
-        raise InvalidExample("bad-context", "context must be a string or null")
-    if context is not None and not context.strip():
-        context = None
+    question, context = _question_and_context(obj)
     raw_options = obj["options"]
     if not isinstance(raw_options, list):
         raise InvalidExample("bad-options", "options must be a list of strings")
