@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 from treegen.errors import ConfigError, InputError
 from treegen.prompts import render_example
 from treegen.schema import DIALECTS, response_format
-from treegen.task import Example, TaskFormat
+from treegen.task import Example, TaskFormat, read_text_file
 from treegen.verify import json_values
 
 ATTRIBUTES_SCHEMA_NAME = "attributes"
@@ -126,18 +126,9 @@ def _unique(values: Iterable[str]) -> tuple[str, ...]:
 def load_attributes(path: str | Path) -> Attributes:
     """Attributes from a TOML or JSON file (chosen by suffix; otherwise JSON, then TOML)."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such attributes file. Check the path, or use --attributes auto.") from None
-    except IsADirectoryError:
-        raise InputError(f"{path} is a folder. Give a TOML or JSON attributes file, {_EXAMPLE_FILE}.") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the attributes file ({exc.strerror or exc}). Check its permissions.") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: the attributes file is not UTF-8 text. Save it as UTF-8.") from None
+    text = read_text_file(path, "attributes file", missing_fix="Check the path, or use --attributes auto.",
+                          folder_fix=f"Give a TOML or JSON attributes file, {_EXAMPLE_FILE}.",
+                          save_fix="Save it as UTF-8.")
     suffix = path.suffix.lower()
     errors: list[str] = []
     for kind in (["toml"] if suffix == ".toml" else ["json"] if suffix == ".json" else ["json", "toml"]):

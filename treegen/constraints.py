@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from treegen.errors import InputError
-from treegen.task import Example
+from treegen.task import Example, read_text_file
 
 _FIELD = r"(?:the\s+)?(?P<field>questions?|contexts?|each\s+option|every\s+option|all\s+options|options?|labels?|answers?)"
 _MODAL = r"(?:(?:must|should)\s+(?:be|have|contain|use)\s+|(?:is|are|has|have)\s+)?"
@@ -158,18 +158,9 @@ def parse_constraints(texts: Sequence[str]) -> list[Constraint]:
 def load_constraints(path: str | Path) -> list[str]:
     """The constraints of a text file: one a line; blank lines and lines starting with ``#`` skipped."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such constraints file. Check the path.") from None
-    except IsADirectoryError:
-        raise InputError(f"{path} is a folder. Give a text file with one constraint a line.") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the constraints file ({exc.strerror or exc}). Check its permissions.") from None
-    try:
-        content = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: the constraints file is not UTF-8 text. Save it as UTF-8, one constraint a line.") from None
+    content = read_text_file(path, "constraints file", missing_fix="Check the path.",
+                             folder_fix="Give a text file with one constraint a line.",
+                             save_fix="Save it as UTF-8, one constraint a line.")
     lines = [line.strip() for line in content.splitlines()]
     out = [line for line in lines if line and not line.startswith("#")]
     if not out:

@@ -258,6 +258,23 @@ def _is_numeric_row(obj: dict[str, Any], fmt: TaskFormat | None) -> bool:
     return _has_no_options(obj) and canonical_number(_numeric_label_value(obj)) is not None
 
 
+def read_text_file(path: Path, what: str, *, missing_fix: str, folder_fix: str, save_fix: str) -> str:
+    """A small user file (attributes, constraints) as text, or an InputError naming ``what``
+    and the fix: missing, a folder, unreadable, not UTF-8 (a BOM is allowed)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such {what}. {missing_fix}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder. {folder_fix}") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc}). Check its permissions.") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: the {what} is not UTF-8 text. {save_fix}") from None
+
+
 def _question_and_context(obj: dict[str, Any]) -> tuple[str, str | None]:
     """The question (a non-empty string) and the context (a string, or None when absent or
     blank) of a row, as every format reads them."""
