@@ -208,6 +208,7 @@ class Engine:
         if self.strategy.uses_embeddings:
             self._get_embedder()  # MiniLM starts loading on its worker thread now, not at the first reply
         self.constraints = self._load_constraints()
+        self._constraint_sentences: str | None = None
         self._attributes: Any = None
         if cfg.attribute_values:
             from treegen.attributes import Attributes
@@ -555,11 +556,12 @@ class Engine:
         return messages, k
 
     def _constraint_text(self) -> str:
-        if not self.constraints:
-            return ""
-        from treegen.constraints import constraint_sentences
+        """The constraints' sentences for the system message: fixed for a run, built once."""
+        if self._constraint_sentences is None:
+            from treegen.constraints import constraint_sentences
 
-        return constraint_sentences(self.constraints)
+            self._constraint_sentences = constraint_sentences(self.constraints) if self.constraints else ""
+        return self._constraint_sentences
 
     def _load_constraints(self) -> list[Any]:
         if not self.cfg.constraints:
