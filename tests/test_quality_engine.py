@@ -307,3 +307,16 @@ def test_unusable_attribute_answers_are_asked_again_a_bounded_number_of_times(tm
     assert q(run, "select count(*) from calls where purpose = 'attributes'")[0][0] == 3  # asked, then 2 more
     assert q(run, "select count(*) from calls where coalesce(purpose, 'generate') = 'generate'")[0][0] == 0
     assert q(run, "select status from runs")[0][0] == "failed"
+
+
+def test_a_reply_whose_usage_is_a_lie_is_kept_but_nothing_unverified_is_accepted(tmp_path, yesno_seeds, strategyqa_pool):
+    """The run stops on the usage anomaly (no verify call is sent after it), and the reply's
+    candidates are recorded as unverified rather than accepted."""
+    with SimServer(SimConfig(pool_path=str(strategyqa_pool), usage_inflate=50_000)) as srv:
+        result = cli("run", yesno_seeds, "--base-url", srv.base_url, "--max-calls", 8, "--verify",
+                     "--out", tmp_path / "u", "--quiet")
+    assert result.exit_code == 1
+    run = only_run(tmp_path / "u")
+    assert q(run, "select count(*) from calls where purpose = 'verify'")[0][0] == 0
+    assert q(run, "select count(*) from nodes where status = 'accepted' and depth > 0")[0][0] == 0
+    assert q(run, "select count(*) from nodes where reason = 'unverified'")[0][0] > 0

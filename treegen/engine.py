@@ -866,14 +866,16 @@ class Engine:
             self._stop(RunStatus.FAILED, self.fatal)
         screened = acceptance.screen(parse_reply(text), self.fmt, self.seen_keys, self.constraints)
         alive = [i for i, s in enumerate(screened) if s.reason is None]
-        if self.cfg.verify and alive and self.stop_status != RunStatus.FAILED:
-            # The request's examples stay held while its candidates are verified, so the
-            # target is not over-asked meanwhile.
-            self.ledger.held_examples += req.k
-            try:
-                votes = await self._verify(req, call_id, [screened[i].example for i in alive])  # type: ignore[misc]
-            finally:
-                self.ledger.held_examples -= req.k
+        if self.cfg.verify and alive:
+            votes: list[list[str | None]] = []  # a failed run asks nothing more: its candidates stay unverified
+            if self.stop_status != RunStatus.FAILED:
+                # The request's examples stay held while its candidates are verified, so the
+                # target is not over-asked meanwhile.
+                self.ledger.held_examples += req.k
+                try:
+                    votes = await self._verify(req, call_id, [screened[i].example for i in alive])  # type: ignore[misc]
+                finally:
+                    self.ledger.held_examples -= req.k
             screened = self._apply_votes(screened, alive, votes)
             alive = [i for i, s in enumerate(screened) if s.reason is None]
         vectors = None
