@@ -56,3 +56,35 @@ def test_fixed_parts_are_counted_once_and_counts_do_not_change():
     for u, got in zip(users, counts):
         body = sum(count_text(m["role"], "gpt-4o") + count_text(m["content"], "gpt-4o") for m in (system, u))
         assert got == body + 3 * 2 + 3
+
+
+def test_rank_table_cache_is_written_reused_and_rebuilt_when_damaged(tmp_path, monkeypatch):
+    from treegen import tokens
+
+    monkeypatch.setenv("TREEGEN_CACHE_DIR", str(tmp_path / "cache"))
+    parsed = tokens.load_ranks("cl100k_base")
+    cached = tmp_path / "cache" / "cl100k_base.ranks.marshal"
+    assert cached.is_file()
+    assert len(parsed) == 100256 and parsed[b"hello"] == 15339
+    # Reused: a copy whose table was changed (stamp intact) is what comes back.
+    import marshal
+
+    stamp, table = marshal.loads(cached.read_bytes())
+    table[b"hello"] = -1
+    cached.write_bytes(marshal.dumps((stamp, table)))
+    assert tokens.load_ranks("cl100k_base")[b"hello"] == -1
+    # Damaged or stale: parsed again from the shipped file, and the copy rewritten.
+    for bad in (b"not marshal", marshal.dumps(((0, "cl100k_base", 1, 1), table)), cached.read_bytes()[:1000]):
+        cached.write_bytes(bad)
+        assert tokens.load_ranks("cl100k_base") == parsed
+        assert marshal.loads(cached.read_bytes())[1] == parsed
+
+
+def test_rank_table_without_a_writable_cache_is_still_parsed(tmp_path, monkeypatch):
+    from treegen import tokens
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("TREEGEN_CACHE_DIR", str(blocker / "cache"))
+    assert tokens.load_ranks("cl100k_base")[b"hello"] == 15339
+    assert blocker.read_text() == "a file where the cache folder would go"

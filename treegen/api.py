@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+from treegen.client import choose_transport
 from treegen.config import RunConfig, apply_resume_options, check_run_location, from_options
 from treegen.errors import BackendError, DiskFullError, InputError, OutputError
 from treegen.runlock import RunLock
@@ -237,6 +238,7 @@ def prepare_run(seeds: Any, options: dict[str, Any], api_key: str | None = None)
     options["task_format"] = None
     cfg = from_options(fmt.name, {k: v for k, v in options.items() if k != "task_format"}, api_key=api_key)
     check_run_location(out, name)
+    choose_transport(max_calls=cfg.caps.max_calls)  # a bad TREEGEN_HTTP is refused before the run exists
     _describe_local(cfg)
     return create_run(cfg, examples, out, name), cfg
 
@@ -281,6 +283,7 @@ def prepare_resume(run_dir: str | Path, options: dict[str, Any], api_key: str | 
     store = RunStore.open(run_dir)
     try:
         cfg = apply_resume_options(RunConfig.from_dict(store.run()["config"]), options)
+        choose_transport(max_calls=cfg.caps.max_calls)  # a bad TREEGEN_HTTP is refused first
         if cfg.backend == "openai" and not api_key and not cfg.base_url:
             raise ConfigError("No API key found: set OPENAI_API_KEY to continue this run.")
         store.save_config(cfg.to_json())

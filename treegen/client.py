@@ -11,11 +11,12 @@ import asyncio
 import json
 import random
 import socket
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from treegen.errors import BackendError
+from treegen.errors import BackendError, ConfigError
 
 if TYPE_CHECKING:
     import openai
@@ -97,35 +98,79 @@ def _retry_after(headers: Any) -> float | None:
 def import_sdk() -> Any:
     """The openai SDK and its HTTP transport, imported on first use, not at import (start-up).
 
-    The transport's connection pool (httpcore2) imports ``trio`` when it is installed, only to
-    support trio event loops: ~0.05-0.25 s of CPU that treegen, on asyncio, never uses. It is
-    imported here with ``trio`` masked (``sys.modules["trio"] = None`` makes ``import trio``
-    raise ImportError) for this import only, unless trio is loaded already.
+    Two optional packages are masked while the SDK is imported, unless already loaded:
+    ``trio`` (the transport's connection pool imports it only to support trio event loops,
+    ~0.05-0.25 s of CPU that treegen, on asyncio, never uses) and ``aiohttp`` (the SDK imports
+    it when installed, ~0.1 s, for its optional aiohttp transport; ``ChatClient`` loads that
+    transport itself when a run uses it). ``sys.modules[name] = None`` makes ``import name``
+    raise ImportError, for this import only.
     """
     import sys
 
-    if "httpcore2" not in sys.modules:
-        mask = "trio" not in sys.modules
-        if mask:
-            sys.modules["trio"] = None  # type: ignore[assignment]
+    masked = [name for name in ("trio", "aiohttp") if name not in sys.modules]
+    for name in masked:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
         try:
             import httpcore2  # noqa: F401
         except ImportError:  # an SDK on another transport: nothing to pre-import
             pass
-        finally:
-            if mask and "trio" in sys.modules and sys.modules["trio"] is None:
-                del sys.modules["trio"]
-    import openai
-
+        import openai
+    finally:
+        for name in masked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
     return openai
+
+
+HTTP_TRANSPORTS = ("auto", "aiohttp", "httpx")
+# aiohttp's import costs ~0.1 s of CPU and saves ~0.4 ms per call against httpx2's pure-Python
+# HTTP/1.1 (benchmarks/results/cpu.md): a run that cannot make this many calls stays on httpx2.
+AIOHTTP_MIN_CALLS = 256
+
+
+def choose_transport(wanted: str | None = None, max_calls: int | None = None) -> str:
+    """"aiohttp" or "httpx": the SDK's HTTP transport for a run.
+
+    ``wanted`` (else ``TREEGEN_HTTP``, else "auto"): "auto" takes the SDK's aiohttp transport
+    (``openai.DefaultAioHttpClient``) when the aiohttp package is installed and the run may make
+    at least ``AIOHTTP_MIN_CALLS`` calls, else the SDK's default httpx2 transport."""
+    import importlib.util
+    import os
+
+    wanted = (wanted or os.environ.get("TREEGEN_HTTP") or "auto").strip().lower()
+    if wanted not in HTTP_TRANSPORTS:
+        raise ConfigError(f"TREEGEN_HTTP={wanted!r} is not a transport: use one of {', '.join(HTTP_TRANSPORTS)}.")
+    has_aiohttp = importlib.util.find_spec("aiohttp") is not None
+    if wanted == "aiohttp" and not has_aiohttp:
+        raise ConfigError("TREEGEN_HTTP=aiohttp needs the aiohttp package: pip install aiohttp, "
+                          "or unset TREEGEN_HTTP.")
+    if wanted == "auto":
+        small = max_calls is not None and max_calls < AIOHTTP_MIN_CALLS
+        return "aiohttp" if has_aiohttp and not small else "httpx"
+    return wanted
+
+
+def _aiohttp_client(timeout: float) -> Any:
+    """The SDK's ``DefaultAioHttpClient`` (same timeout, limits and redirects as its httpx2
+    default), built from the SDK's vendored transport, which ``import_sdk`` kept unloaded."""
+    from openai._constants import DEFAULT_CONNECTION_LIMITS
+    from openai._vendor.httpx_aiohttp import Httpx2AiohttpClient
+
+    return Httpx2AiohttpClient(timeout=timeout, limits=DEFAULT_CONNECTION_LIMITS, follow_redirects=True)
 
 
 class ChatClient:
     def __init__(self, base_url: str | None, api_key: str | None, model: str, timeout: float = 60.0,
-                 http_client: Any = None):
+                 http_client: Any = None, transport: str = "httpx"):
+        """``transport``: "httpx" (the SDK's default) or "aiohttp" (its ``DefaultAioHttpClient``),
+        used when no ``http_client`` is given; see ``choose_transport``."""
         import httpx2  # the openai SDK's transport; imported with it, on first use (start-up)
 
         openai = import_sdk()
+        if http_client is None and transport == "aiohttp":
+            http_client = _aiohttp_client(timeout)
+        self.transport = "custom" if http_client is not None and transport != "aiohttp" else transport
 
         self.model = model
         self.base_url = base_url or OPENAI_BASE_URL
@@ -175,10 +220,18 @@ class ChatClient:
             # plain JSON body: the typed ``chat.completions.create`` re-walks every message
             # against its TypedDicts and builds pydantic models of the reply, about a third of
             # the client's CPU per call on loopback. The body is parsed once, below, with json.
+            started = time.monotonic()
             raw = await self._client.post("/chat/completions", cast_to=self._raw_response, body=body,
                                           options={"timeout": timeout})
         except openai.APITimeoutError as exc:
-            raise AttemptFailure("timeout", f"no answer within {timeout:g} s") from exc
+            # The SDK's aiohttp transport reports a refused or dropped connection as a timeout
+            # too: one that fails well before the timeout is a connection failure.
+            if time.monotonic() - started >= 0.9 * timeout:
+                raise AttemptFailure("timeout", f"no answer within {timeout:g} s") from exc
+            if not await asyncio.to_thread(port_accepts, self.base_url):
+                raise AttemptFailure(
+                    "refused", f"could not connect to {self.base_url}: is the server running?") from exc
+            raise AttemptFailure("connection", f"the connection to {self.base_url} broke: {exc}") from exc
         except openai.APIConnectionError as exc:
             # The SDK says only "connection error": whether the request reached the server
             # decides whether it can have been billed, so ask the port directly.

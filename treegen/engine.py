@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
 from treegen import acceptance
 from treegen.budget import BudgetReached, Ledger, Reservation, Usage, afford_max_tokens, reconcile_usage
-from treegen.client import AttemptFailure, ChatClient, ChatReply, backoff_seconds
+from treegen.client import AttemptFailure, ChatClient, ChatReply, backoff_seconds, choose_transport
 from treegen.config import RunConfig
 from treegen.errors import InputError
 from treegen.parsing import parse_reply
@@ -1043,7 +1043,8 @@ class Engine:
 
     async def run(self) -> RunResult:
         self._client = ChatClient(self.base_url, self.api_key or "not-needed", self.cfg.model,
-                                  timeout=self.cfg.timeout, http_client=self.http_client)
+                                  timeout=self.cfg.timeout, http_client=self.http_client,
+                                  transport=choose_transport(max_calls=self.cfg.caps.max_calls))
         self._begin()
         try:
             if self.cfg.facts and self._corpus is None:
