@@ -64,14 +64,19 @@ def proc_cpu(pid: int) -> float:
 
 
 class Sim:
-    """`treegen sim serve` in its own process (this checkout's simulator for every variant)."""
+    """The endpoint in its own process: `treegen sim serve` (this checkout's simulator for every
+    variant), or with ``kind="standin"`` the light stand-in of ``benchmarks/standin.py``
+    (~0.1-0.2 ms CPU a request, so a 2-core machine can show where the client itself saturates)."""
 
-    def __init__(self, latency_ms: float = 0.0):
+    def __init__(self, latency_ms: float = 0.0, kind: str = "sim"):
         self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "treegen", "sim", "serve", "--port", str(self.port), "--rpm", "1000000",
-             "--latency-ms", str(latency_ms)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(REPO))
+        if kind == "standin":
+            cmd = [sys.executable, str(REPO / "benchmarks" / "standin.py"), "--port", str(self.port),
+                   "--latency-ms", str(latency_ms)]
+        else:
+            cmd = [sys.executable, "-m", "treegen", "sim", "serve", "--port", str(self.port), "--rpm", "1000000",
+                   "--latency-ms", str(latency_ms)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(REPO))
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -140,8 +145,8 @@ def codes_of(spec: list[str]) -> list[tuple[str, Path | None]]:
     return out or [("this checkout", None)]
 
 
-def bench_cpu(tmp: Path, codes: list[tuple[str, Path | None]], calls: int, reps: int) -> list[str]:
-    sim = Sim()
+def bench_cpu(tmp: Path, codes: list[tuple[str, Path | None]], calls: int, reps: int, server: str = "sim") -> list[str]:
+    sim = Sim(0.0, server)
     samples: dict[str, list[tuple[float, float, int]]] = {n: [] for n, _ in codes}
     loads: list[str] = []
     try:
@@ -171,11 +176,12 @@ def bench_cpu(tmp: Path, codes: list[tuple[str, Path | None]], calls: int, reps:
 
 
 def bench_knee(tmp: Path, codes: list[tuple[str, Path | None]], latency_ms: float, concurrencies: list[int],
-               calls: int) -> list[str]:
-    sim = Sim(latency_ms)
-    rows = [f"Simulator latency {latency_ms:g} ms, {calls:,} calls a row.", "",
+               calls: int, server: str = "sim") -> list[str]:
+    sim = Sim(latency_ms, server)
+    endpoint = "`benchmarks/standin.py` (light stand-in)" if server == "standin" else "`treegen sim serve`"
+    rows = [f"Endpoint {endpoint}, latency {latency_ms:g} ms, {calls:,} calls a row.", "",
             "| concurrency | " + " | ".join(f"{n}: calls / s" for n, _ in codes) + " | "
-            + " | ".join(f"{n}: client CPU ms / call" for n, _ in codes) + " | simulator CPU ms / request | load |",
+            + " | ".join(f"{n}: client CPU ms / call" for n, _ in codes) + " | endpoint CPU ms / request | load |",
             "| ---: |" + " ---: |" * (2 * len(codes) + 1) + " --- |"]
     try:
         # The start-up of each variant (one call; it also warms the simulator up), subtracted below.
@@ -261,6 +267,9 @@ def main() -> None:
     ap.add_argument("--concurrency", default="8,16,32,64,128")
     ap.add_argument("--latency", default="0,50", help="simulator latencies (ms) for the knee")
     ap.add_argument("--knee-calls", type=int, default=1500)
+    ap.add_argument("--server", "--knee-server", dest="server", choices=("sim", "standin"), default="sim",
+                    help="the endpoint of the cpu and knee parts: the simulator, or the light stand-in "
+                         "(benchmarks/standin.py)")
     ap.add_argument("--flat-calls", type=int, default=10000, help="calls of the long run (k=10: ~10 nodes a call)")
     ap.add_argument("--flat-window", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -274,7 +283,9 @@ def main() -> None:
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, shared with "
         f"other jobs; load average at the start {load()}.  ",
         "Each row: `treegen run examples/seeds.jsonl --base-url http://127.0.0.1:PORT/v1 --max-calls N --k 10 -c C "
-        "--embedder hashing --max-depth 50 -q --out DIR` against `treegen sim serve --rpm 1000000` in another process; "
+        "--embedder hashing --max-depth 50 -q --out DIR` against "
+        + ("`benchmarks/standin.py` (a light stand-in endpoint, ~0.2 ms CPU a request)" if args.server == "standin"
+           else "`treegen sim serve --rpm 1000000`") + " in another process; "
         "CPU = the child's user + system time (os.wait4). Variants: "
         + ", ".join(f"`{n}` = {p or REPO}" for n, p in codes) + ".", "",
     ]
@@ -283,13 +294,15 @@ def main() -> None:
         tmp = Path(tmpdir)
         if "cpu" in parts:
             print(f"## CPU per call, {args.calls} calls against 1, latency 0, -c 8", flush=True)
-            body += [f"## CPU per call: {args.calls:,} calls minus 1 call, latency 0, -c 8, median of {args.reps}", ""]
-            body += bench_cpu(tmp, codes, args.calls, args.reps) + [""]
+            body += [f"## CPU per call: {args.calls:,} calls minus 1 call, latency 0, -c 8, median of {args.reps} "
+                     f"({args.server})", ""]
+            body += bench_cpu(tmp, codes, args.calls, args.reps, args.server) + [""]
         if "knee" in parts:
             for lat in (float(x) for x in args.latency.split(",")):
                 print(f"## knee, latency {lat:g} ms", flush=True)
-                body += [f"## The knee: calls / s against concurrency, latency {lat:g} ms", ""]
-                body += bench_knee(tmp, codes, lat, [int(c) for c in args.concurrency.split(",")], args.knee_calls) + [""]
+                body += [f"## The knee: calls / s against concurrency, latency {lat:g} ms ({args.server})", ""]
+                body += bench_knee(tmp, codes, lat, [int(c) for c in args.concurrency.split(",")], args.knee_calls,
+                                   args.server) + [""]
         if "flat" in parts:
             print(f"## flat: one run of {args.flat_calls} calls", flush=True)
             body += [f"## Flat as the run grows: one run of {args.flat_calls:,} calls (-c 8, latency 0)", ""]

@@ -3,6 +3,9 @@ chosen by ``choose_transport``, and the same run and the same failure classes ov
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 import socket
 import subprocess
 import sys
@@ -178,3 +181,71 @@ def test_a_hanging_server_is_a_timeout_over_either_transport(tmp_path, yesno_see
     calls = calls_of(tmp_path / "runs" / "hang")
     assert calls and all(c["status"] == "timeout" for c in calls), [c["status"] for c in calls]
     assert all(c["error"] == "timeout: no answer within 1 s" for c in calls), [c["error"] for c in calls]
+
+
+# ---- connections are reused at high concurrency -------------------------------------------
+_REPLY = json.dumps({
+    "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "[]"}}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+
+
+class _Counting(asyncio.Protocol):
+    """HTTP/1.1 keep-alive server that answers each request after 20 ms and counts connections."""
+    opened = 0
+
+    def connection_made(self, transport):
+        _Counting.opened += 1
+        self.transport, self.buf = transport, b""
+
+    def data_received(self, data):
+        self.buf += data
+        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+            length = int(re.search(rb"(?i)content-length: *(\d+)", self.buf[:end]).group(1))
+            if len(self.buf) < end + 4 + length:
+                return
+            self.buf = self.buf[end + 4 + length:]
+            reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+                len(_REPLY), _REPLY)
+            asyncio.get_running_loop().call_later(0.02, self.transport.write, reply)
+
+
+@contextmanager
+def counting_server() -> Iterator[str]:
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(loop.create_server(_Counting, "127.0.0.1", 0, backlog=512))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_connections_are_kept_for_every_request_in_flight(transport):
+    from treegen.client import ChatClient
+
+    async def waves(url: str, keepalive: int) -> None:
+        client = ChatClient(url, "k", "m", transport=transport, keepalive=keepalive)
+        try:
+            for _ in range(3):
+                await asyncio.gather(*(client.chat([{"role": "user", "content": "hi"}], max_tokens=5, temperature=None,
+                                                   top_p=None, seed=None, timeout=30) for _ in range(150)))
+        finally:
+            await client.aclose()
+
+    opened = {}
+    for keepalive in (100, 150):
+        with counting_server() as url:
+            _Counting.opened = 0
+            asyncio.run(waves(url, keepalive))
+            opened[keepalive] = _Counting.opened
+    # Kept for all 150: no connection is reopened. The SDK's httpx2 default keeps 100, so every
+    # later wave reopens the other 50; aiohttp's connector keeps every connection it has.
+    assert opened[150] == 150, opened
+    if transport == "httpx":
+        assert opened[100] >= 150 + 2 * 50 - 10, opened
+    else:
+        assert opened[100] == 150, opened

@@ -151,26 +151,43 @@ def choose_transport(wanted: str | None = None, max_calls: int | None = None) ->
     return wanted
 
 
-def _aiohttp_client(timeout: float) -> Any:
-    """The SDK's ``DefaultAioHttpClient`` (same timeout, limits and redirects as its httpx2
-    default), built from the SDK's vendored transport, which ``import_sdk`` kept unloaded."""
-    from openai._constants import DEFAULT_CONNECTION_LIMITS
-    from openai._vendor.httpx_aiohttp import Httpx2AiohttpClient
+SDK_KEEPALIVE = 100  # the SDK's default: idle connections kept for reuse (of 1,000 at most)
 
-    return Httpx2AiohttpClient(timeout=timeout, limits=DEFAULT_CONNECTION_LIMITS, follow_redirects=True)
+
+def _http_client(transport: str, timeout: float, keepalive: int) -> Any:
+    """The SDK's own HTTP client for ``transport``, with its defaults (timeout, redirects, 1,000
+    connections) except that up to ``keepalive`` idle connections are kept: with more requests
+    in flight than the SDK's 100, each reply would close a connection and the next request open
+    a new one (measured: calls/s fell 40% from -c 64 to -c 128 on loopback). None: the SDK's
+    default client as it stands."""
+    import httpx2
+
+    if transport == "aiohttp":
+        from openai._vendor.httpx_aiohttp import Httpx2AiohttpClient
+
+        factory: Any = Httpx2AiohttpClient  # openai.DefaultAioHttpClient, from the vendored transport
+    elif keepalive > SDK_KEEPALIVE:
+        from openai import DefaultAsyncHttpxClient
+
+        factory = DefaultAsyncHttpxClient
+    else:
+        return None
+    limits = httpx2.Limits(max_connections=max(1000, keepalive), max_keepalive_connections=max(SDK_KEEPALIVE, keepalive))
+    return factory(timeout=timeout, limits=limits, follow_redirects=True)
 
 
 class ChatClient:
     def __init__(self, base_url: str | None, api_key: str | None, model: str, timeout: float = 60.0,
-                 http_client: Any = None, transport: str = "httpx"):
+                 http_client: Any = None, transport: str = "httpx", keepalive: int = SDK_KEEPALIVE):
         """``transport``: "httpx" (the SDK's default) or "aiohttp" (its ``DefaultAioHttpClient``),
-        used when no ``http_client`` is given; see ``choose_transport``."""
+        used when no ``http_client`` is given (see ``choose_transport``); ``keepalive``: idle
+        connections kept, at least the most requests the caller has in flight."""
         import httpx2  # the openai SDK's transport; imported with it, on first use (start-up)
 
         openai = import_sdk()
-        if http_client is None and transport == "aiohttp":
-            http_client = _aiohttp_client(timeout)
-        self.transport = "custom" if http_client is not None and transport != "aiohttp" else transport
+        self.transport = transport if http_client is None else "custom"
+        if http_client is None:
+            http_client = _http_client(transport, timeout, keepalive)
 
         self.model = model
         self.base_url = base_url or OPENAI_BASE_URL

@@ -1044,7 +1044,8 @@ class Engine:
     async def run(self) -> RunResult:
         self._client = ChatClient(self.base_url, self.api_key or "not-needed", self.cfg.model,
                                   timeout=self.cfg.timeout, http_client=self.http_client,
-                                  transport=choose_transport(max_calls=self.cfg.caps.max_calls))
+                                  transport=choose_transport(max_calls=self.cfg.caps.max_calls),
+                                  keepalive=self.cfg.concurrency * (1 + self.cfg.votes))
         self._begin()
         try:
             if self.cfg.facts and self._corpus is None:
