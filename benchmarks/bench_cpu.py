@@ -145,7 +145,18 @@ def codes_of(spec: list[str]) -> list[tuple[str, Path | None]]:
     return out or [("this checkout", None)]
 
 
-def bench_cpu(tmp: Path, codes: list[tuple[str, Path | None]], calls: int, reps: int, server: str = "sim") -> list[str]:
+BARE_MODES = ("httpx2", "aiohttp", "sdk-httpx", "sdk-aiohttp")
+
+
+def start_bare(mode: str, base_url: str, calls: int) -> subprocess.Popen:
+    """A peer of ``bare_client.py``: the same request without treegen (``--bare``)."""
+    return subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "bare_client.py"), "--base-url", base_url,
+                             "--mode", mode, "--calls", str(calls), "-c", "8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO))
+
+
+def bench_cpu(tmp: Path, codes: list[tuple[str, Path | None]], calls: int, reps: int, server: str = "sim",
+              bare: bool = False) -> list[str]:
     sim = Sim(0.0, server)
     samples: dict[str, list[tuple[float, float, int]]] = {n: [] for n, _ in codes}
     loads: list[str] = []
@@ -162,6 +173,12 @@ def bench_cpu(tmp: Path, codes: list[tuple[str, Path | None]], calls: int, reps:
                 samples[name].append((cpu1, cpun, made))
                 print(f"  {name} rep {rep + 1}: 1 call {cpu1:.2f} s, {made} calls {cpun:.2f} s -> "
                       f"{(cpun - cpu1) / max(made - 1, 1) * 1000:.2f} ms/call (load {loads[-1]})", flush=True)
+            for mode in BARE_MODES if bare else ():
+                name = f"peer: {mode} (no treegen)"
+                cpu1 = finish(start_bare(mode, sim.base_url, 1))
+                cpun = finish(start_bare(mode, sim.base_url, calls))
+                assert cpu1 is not None and cpun is not None
+                samples.setdefault(name, []).append((cpu1, cpun, calls))
     finally:
         sim.close()
     rows = [f"| code | CPU of 1 call (s, median) | CPU of {calls:,} calls (s, median) | CPU ms / call, each rep | "
@@ -267,6 +284,7 @@ def main() -> None:
     ap.add_argument("--concurrency", default="8,16,32,64,128")
     ap.add_argument("--latency", default="0,50", help="simulator latencies (ms) for the knee")
     ap.add_argument("--knee-calls", type=int, default=1500)
+    ap.add_argument("--bare", action="store_true", help="cpu part: also the peers of benchmarks/bare_client.py")
     ap.add_argument("--server", "--knee-server", dest="server", choices=("sim", "standin"), default="sim",
                     help="the endpoint of the cpu and knee parts: the simulator, or the light stand-in "
                          "(benchmarks/standin.py)")
@@ -296,7 +314,12 @@ def main() -> None:
             print(f"## CPU per call, {args.calls} calls against 1, latency 0, -c 8", flush=True)
             body += [f"## CPU per call: {args.calls:,} calls minus 1 call, latency 0, -c 8, median of {args.reps} "
                      f"({args.server})", ""]
-            body += bench_cpu(tmp, codes, args.calls, args.reps, args.server) + [""]
+            body += bench_cpu(tmp, codes, args.calls, args.reps, args.server, args.bare) + [""]
+            if args.bare:
+                body += ["Peers (`benchmarks/bare_client.py`, -c 8, the same request body): `httpx2` and `aiohttp` "
+                         "are the bare transports; `sdk-httpx` and `sdk-aiohttp` the openai SDK's request path as "
+                         "treegen calls it, on each transport. treegen minus `sdk-aiohttp` is treegen's own work "
+                         "per call (prompt, count, reserve, two commits, parse, judge, strategy).", ""]
         if "knee" in parts:
             for lat in (float(x) for x in args.latency.split(",")):
                 print(f"## knee, latency {lat:g} ms", flush=True)
