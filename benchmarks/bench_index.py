@@ -3,6 +3,9 @@
     HF_HUB_OFFLINE=1 python benchmarks/bench_index.py embed      # once: vectors cached under /tmp
     python benchmarks/bench_index.py run --sizes 1000,10000,30000,100000
     python benchmarks/bench_index.py run --only treegen            # the chosen NearDuplicateIndex
+    python benchmarks/bench_index.py run --only treegen,hnsw-ef --hnsw "16:100:24" --evict-mb 96   # caches cold
+    python benchmarks/bench_index.py run --sizes 100000 --only rss [--heap-lists]                 # process RSS
+    python benchmarks/bench_index.py run --only flat --ivf "128:16/none,24/3072;64:32/2048"       # IVF variants
 
 Data (read at run time from /work/shared/datasets, never copied; only float vectors are cached,
 outside the repository):
@@ -56,6 +59,7 @@ QUERIES_HELD_OUT = 1000
 PART_ROWS = 1024
 REPLY = 10  # candidates per reply: one max_similarity call
 THRESHOLDS = (0.9, 0.95)
+EVICT: np.ndarray | None = None  # --evict-mb: a buffer written between replies (not timed)
 
 
 def _texts(split: str, groups: list[str]) -> list[str]:
@@ -173,7 +177,13 @@ def load_rows(n_max: int) -> tuple[np.ndarray, int]:
 
 
 def load_queries(n: int) -> np.ndarray:
-    return np.vstack([np.load(CACHE / f"edited_{n}.npy"), np.load(CACHE / "held_out.npy")]).astype(np.float32)
+    """The queries for an index of n rows. For a size with no queries of its own (e.g. 79,999:
+    just before a re-partition), those of the next larger size whose edited rows are all among
+    the first n."""
+    cached = n
+    if not (CACHE / f"edited_{n}.npy").exists():
+        cached = min(s for s in SIZES if s > n and np.load(CACHE / f"edited_{s}_origin.npy").max() < n)
+    return np.vstack([np.load(CACHE / f"edited_{cached}.npy"), np.load(CACHE / "held_out.npy")]).astype(np.float32)
 
 
 def exact_max(rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -239,11 +249,12 @@ class Hnsw(Candidate):
         self.margin = 0.0
         self.threshold = 0.9
         self.rechecked = 0
+        self.name_suffix = ""
 
     @property  # type: ignore[override]
     def name(self) -> str:  # noqa: D401
         m = f" +exact within {self.margin} of {self.threshold}" if self.margin else ""
-        return f"HNSW {self.qtype} M={self.m} efSearch={self.ef_search}{m}"
+        return f"HNSW {self.qtype} M={self.m}{self.name_suffix} efSearch={self.ef_search}{m}"
 
     def add(self, rows: np.ndarray) -> None:
         for i in range(len(rows)):
@@ -296,14 +307,27 @@ class Treegen(Candidate):
         from treegen.neardup import NearDuplicateIndex
 
         self.index = NearDuplicateIndex(dim, threshold, **kwargs)
-        self.name = (f"treegen NearDuplicateIndex ({self.index.backend}, exact below {self.index.exact_below:,}, "
-                     f"efSearch={self.index.ef_search})")
+
+    @property  # type: ignore[override]
+    def name(self) -> str:
+        i = self.index
+        below = "never" if i.exact_below is None else f"{i.exact_below:,}"
+        budget = {0: i.nprobe * i.rows_per_list, None: "none"}.get(i.scan_budget, i.scan_budget)
+        return (f"treegen NearDuplicateIndex ({i.backend}, exact below {below}, rows/list {i.rows_per_list}, "
+                f"nprobe {i.nprobe}, scan budget {budget})")
+
+    def __setattr__(self, key: str, value: object) -> None:
+        if key in ("nprobe", "scan_budget"):  # variants: query settings of the index
+            setattr(self.index, key, value)
+        else:
+            super().__setattr__(key, value)
 
     def add(self, rows: np.ndarray) -> None:
         for s in range(0, len(rows), 4):
             self.index.add(rows[s : s + 4])
-        # The engine's next reply links the rows into the graph (in its worker thread): counted
-        # here as add cost, not as the first reply's (the benchmark adds thousands at once).
+        # The engine's next reply stores the rows (and re-partitions at a doubling), in its worker
+        # thread: counted here as add cost, not as the first reply's (the benchmark adds thousands
+        # at once).
         self.index.link_pending()
 
     def query(self, q: np.ndarray) -> np.ndarray:
@@ -312,10 +336,18 @@ class Treegen(Candidate):
     def bytes_per_node(self, n: int) -> float:
         return self.index.stored_bytes / n
 
+    def pauses(self) -> str:
+        parts = [f"{n:,} rows -> {lists} lists: {cpu * 1000:.0f} ms CPU ({wall * 1000:.0f} wall)"
+                 for n, lists, cpu, wall in self.index.repartitions]
+        total = sum(cpu for _, _, cpu, _ in self.index.repartitions)
+        return (f"# re-partitions of {self.name}: " + "; ".join(parts)
+                + f". Total {total:.2f} s CPU = {total * 1000 / max(1, len(self.index)):.3f} ms per row added")
+
 
 def evaluate(cand: Candidate, sizes: list[int], rows: np.ndarray, refs: dict[int, tuple[np.ndarray, np.ndarray]],
              variants: list[dict] | None = None) -> list[dict]:
     """Grow ``cand`` through ``sizes``; at each, time the replies and compare with the exact answers."""
+    global EVICT
     out = []
     done = 0
     add_s = 0.0
@@ -333,7 +365,13 @@ def evaluate(cand: Candidate, sizes: list[int], rows: np.ndarray, refs: dict[int
             if hasattr(cand, "rechecked"):
                 cand.rechecked = 0  # type: ignore[attr-defined]
             times, cpu, got = [], [], []
+            import faiss
+
+            faiss.cvar.indexIVF_stats.reset()
+            faiss.cvar.hnsw_stats.reset()
             for s in range(0, len(q), REPLY):
+                if EVICT is not None:  # as the engine's embedder does between replies: caches cold
+                    EVICT += 1.0
                 t, c = time.perf_counter(), time.process_time()
                 got.append(np.asarray(cand.query(np.ascontiguousarray(q[s : s + REPLY])), dtype=np.float32))
                 times.append(time.perf_counter() - t)
@@ -348,6 +386,8 @@ def evaluate(cand: Candidate, sizes: list[int], rows: np.ndarray, refs: dict[int
                 "err_mean": float(err.mean()), "err_p99": float(np.percentile(err, 99)), "err_max": float(err.max()),
                 "missed_nn": int((err > 0.01).sum()), "queries": len(q),
                 "rechecked": getattr(cand, "rechecked", 0),
+                # rows whose similarity a query computed (IVF: rows of the lists scanned; HNSW: graph nodes)
+                "scanned_per_query": (faiss.cvar.indexIVF_stats.ndis + faiss.cvar.hnsw_stats.ndis) / len(q),
             }
             for thr in THRESHOLDS:
                 row[f"changed_{thr}"] = int(((sims >= thr) != (ref >= thr)).sum())
@@ -376,8 +416,13 @@ HEADER = ("| index | indexed n | CPU ms per reply of 10, mean | wall ms per repl
 def cmd_run(args: argparse.Namespace) -> None:
     import faiss
 
+    from treegen.neardup import NPROBE, ROWS_PER_LIST, SCAN_BUDGET
+
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
+    global EVICT
+    if args.evict_mb:
+        EVICT = np.zeros(args.evict_mb << 18, dtype=np.float32)
     sizes = [int(s) for s in args.sizes.split(",")]
     rows, n_real = load_rows(max(sizes))
     dim = rows.shape[1]
@@ -394,7 +439,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} {platform.node()} cores={os.cpu_count()} "
           f"faiss={faiss.__version__} omp_threads={faiss.omp_get_max_threads()} load={os.getloadavg()} "
-          f"real rows={n_real}", flush=True)
+          f"real rows={n_real} evict between replies={args.evict_mb} MB", flush=True)
     print(HEADER, flush=True)
     if want("f32"):
         class F32(Candidate):
@@ -426,31 +471,56 @@ def cmd_run(args: argparse.Namespace) -> None:
     if want("ivf"):
         for nprobe in (16,):
             results += evaluate(Ivf(dim, 1024, nprobe, train), sizes, rows, refs)
-    if want("treegen"):
-        results += evaluate(Treegen(dim, 0.9), sizes, rows, refs)
-    if want("treegen-graph"):  # the graph from the first row: its error at every size
+    if want("hnsw-ef"):  # session 5: lower efSearch, and what might keep its decisions (M, efConstruction)
+        for spec in args.hnsw.split(";"):
+            m, ef_c, efs = spec.split(":")
+            h = Hnsw(dim, "fp16", int(m), int(ef_c))
+            h.name_suffix = f" efConstruction={ef_c}"
+            results += evaluate(h, sizes, rows, refs, [{"ef_search": int(ef)} for ef in efs.split(",")])
+            del h
+            gc.collect()
+    ivf_configs = {  # key: rows per list, [(nprobe, scan budget)]: budget 0 = nprobe x rows per list
+        "treegen": (ROWS_PER_LIST, [(NPROBE, SCAN_BUDGET)]),
+    }
+    for spec in args.ivf.split(";") if args.ivf else []:
+        per_list, probes = spec.split(":")
+        ivf_configs[f"ivf{per_list}"] = (int(per_list), [
+            (int(p), None if b == "none" else int(b)) for p, b in (x.split("/") for x in probes.split(","))])
+    for key, (per_list, probes) in ivf_configs.items():
+        if want(key) or key.startswith("ivf"):
+            t = Treegen(dim, 0.9, rows_per_list=per_list)
+            results += evaluate(t, sizes, rows, refs, [{"nprobe": p, "scan_budget": b} for p, b in probes])
+            print(t.pauses(), flush=True)
+            del t
+            gc.collect()
+    if want("treegen-graph"):  # the lists from 256 rows on: their error at every size
         results += evaluate(Treegen(dim, 0.9, exact_below=0), sizes, rows, refs)
     if want("rss"):  # resident memory of the package's index at the largest size
-        import gc as _gc
+        from treegen import neardup
+        from treegen.neardup import release_freed_heap
+
+        if args.heap_lists:  # as before session 5: glibc's own mmap threshold, lists in the heap
+            neardup._mappings_set = True
 
         def rss() -> int:
             return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        _gc.collect()
-        libc.malloc_trim(0)
+        gc.collect()
+        release_freed_heap()
         before = rss()
+        peak = 0
         idx = Treegen(dim, 0.9)
-        for s in range(0, len(rows), 4):  # as the engine does: a reply's accepted rows, linked at the next reply
+        for s in range(0, len(rows), 4):  # as the engine does: a reply's accepted rows, stored at the next reply
             idx.index.add(rows[s : s + 4])
-            idx.index.link_pending()
-        _gc.collect()
+            idx.index.max_similarity(rows[s : s + 1])
+            if s % 1000 == 0 or len(idx.index.repartitions) and idx.index.repartitions[-1][0] == s + 4:
+                peak = max(peak, rss())
+        gc.collect()
         grown = rss() - before
-        libc.malloc_trim(0)  # free heap pages the allocator kept
-        print(f"# RSS growth for NearDuplicateIndex of {len(rows):,} rows added 4 at a time: {grown / len(rows):.0f} "
-              f"B/node ({(rss() - before) / len(rows):.0f} B/node after malloc_trim; stored_bytes "
+        release_freed_heap()  # free heap pages the allocator kept
+        print(f"# RSS growth for {idx.name} of {len(rows):,} rows added 4 at a time, a query after each add: "
+              f"{grown / len(rows):.0f} B/node ({(rss() - before) / len(rows):.0f} B/node after a final "
+              f"malloc_trim; peak {(peak - before) / len(rows):.0f} B/node; stored_bytes "
               f"{idx.index.stored_bytes / len(rows):.0f} B/node)", flush=True)
     print(f"# load after: {os.getloadavg()}", flush=True)
     if args.jsonl:
@@ -461,18 +531,53 @@ def cmd_run(args: argparse.Namespace) -> None:
                 f.write(json.dumps({**r, "load": os.getloadavg()[0]}) + "\n")
 
 
+def cmd_embed_cost(args: argparse.Namespace) -> None:
+    """CPU time of MiniLM embedding 64 real texts, optionally with glibc's mmap threshold fixed
+    as NearDuplicateIndex fixes it (to see that the setting does not slow the embedder)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from treegen.embedders import get_embedder
+    from treegen.neardup import put_large_blocks_in_own_mappings
+
+    if args.own_mappings:
+        assert put_large_blocks_in_own_mappings(), "not Linux/glibc"
+    texts = _texts("dev", DEV)[:64]
+    emb = get_embedder("minilm")
+    emb.embed(texts)
+    cpu = []
+    for _ in range(args.repeat):
+        c = time.process_time()
+        emb.embed(texts)
+        cpu.append(time.process_time() - c)
+    print(f"MiniLM, 64 dev texts, own mappings={args.own_mappings}: CPU ms median {1000 * np.median(cpu):.1f} "
+          f"(min {1000 * min(cpu):.1f}, max {1000 * max(cpu):.1f}) of {args.repeat}; load {os.getloadavg()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("embed", help="embed the texts once (MiniLM; cached under /tmp)")
     run = sub.add_parser("run", help="compare the indexes")
     run.add_argument("--sizes", default=",".join(map(str, SIZES)))
-    run.add_argument("--only", default="", help="comma list of f32,flat,hnsw,ivf,treegen,treegen-graph,rss")
+    run.add_argument("--only", default="", help="comma list of f32,flat,hnsw,hnsw-ef,ivf,treegen,treegen-graph,rss (the --ivf configurations run whenever given)")
     run.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (0: faiss's default)")
+    run.add_argument("--evict-mb", type=int, default=0,
+                     help="write a buffer of this many MB between replies (untimed), as the embedder's "
+                          "forward pass does in the engine: the index's caches are cold at each reply")
+    run.add_argument("--hnsw", default="16:40:24,32,48,64,96,128;24:40:24,32,48,64;16:100:24,32,48,64",
+                     help="hnsw-ef: M:efConstruction:efSearch,efSearch;...")
+    run.add_argument("--ivf", default="", help="IVFs of the package's index: rows_per_list:nprobe/budget,...;... "
+                     "(budget: rows scanned at most, 'none', or 0 for nprobe x rows_per_list)")
+    run.add_argument("--heap-lists", action="store_true",
+                     help="rss: leave glibc's mmap threshold alone (lists' spare capacity in the heap)")
     run.add_argument("--jsonl", default="", help="append the result rows to this file")
+    cost = sub.add_parser("embed-cost", help="MiniLM's CPU time, with or without the index's malloc setting")
+    cost.add_argument("--own-mappings", action="store_true")
+    cost.add_argument("--repeat", type=int, default=8)
     args = ap.parse_args()
     if args.cmd == "embed":
         cmd_embed(args)
+    elif args.cmd == "embed-cost":
+        cmd_embed_cost(args)
     else:
         cmd_run(args)
 

@@ -13,7 +13,7 @@ from treegen.neardup import BLOCK_ROWS, FLOAT16_ERROR, NearDuplicateIndex
 
 @pytest.fixture(params=["faiss", "numpy"])
 def backend(request, monkeypatch):
-    """Each test of the index runs on both storages: faiss's HNSW over float16 and numpy's blocks."""
+    """Each test of the index runs on both storages: faiss's IVF over float16 and numpy's blocks."""
     if request.param == "faiss":
         pytest.importorskip("faiss")
     monkeypatch.setattr(neardup, "_USE_FAISS", request.param == "faiss")
@@ -68,8 +68,8 @@ def test_blocks_fill_across_boundaries_and_memory_stays_under_1kb_a_node(backend
     sims = index.max_similarity(stored[picks])
     assert np.all(np.abs(sims - 1.0) <= FLOAT16_ERROR)
     if backend == "faiss":
-        # 768 B of float16 codes a MiniLM-sized node plus the graph's links: under 1 KB (goal 4)
-        assert n * dim * 2 < index.stored_bytes <= n * 1000
+        # 768 B of float16 codes a MiniLM-sized node, its list id and the centroids: under 1 KB (goal 4)
+        assert index.repartitions and n * dim * 2 < index.stored_bytes <= n * 1000
     else:
         # 2 bytes a coordinate, plus at most one block's unused rows (np.zeros pages are only
         # mapped when written)
@@ -89,23 +89,80 @@ def _planted(rng: np.random.Generator, n: int, dim: int, queries: int):
     return stored, np.vstack([near, _unit_rows(rng, queries - queries // 2, dim)]).astype(np.float32)
 
 
-def test_graph_mode_decisions_equal_exact_on_a_planted_set():
+def _grown(stored: np.ndarray, chunk: int, query_every: int = 0, probe: np.ndarray | None = None, **kwargs):
+    index = NearDuplicateIndex(stored.shape[1], 0.9, **kwargs)
+    for i, s in enumerate(range(0, len(stored), chunk)):
+        index.add(stored[s : s + chunk])
+        if query_every and i % query_every == 0:
+            assert probe is not None
+            index.max_similarity(probe)  # stores what is waiting (and re-partitions) at different points
+    return index
+
+
+def _replies(index: NearDuplicateIndex, queries: np.ndarray) -> np.ndarray:
+    return np.concatenate([index.max_similarity(queries[s : s + 10]) for s in range(0, len(queries), 10)])
+
+
+def test_ivf_decisions_equal_exact_on_a_planted_set():
     pytest.importorskip("faiss")
     rng = np.random.default_rng(2)
     stored, queries = _planted(rng, 3000, 64, 400)
-    index = NearDuplicateIndex(64, 0.9, exact_below=1000)
-    for s in range(0, 3000, 7):
-        index.add(stored[s : s + 7])
-    assert index.approximate
-    got = np.concatenate([index.max_similarity(queries[s : s + 10]) for s in range(0, 400, 10)])
+    # first partition at 1,000 rows, then 2,000: 62 and then 125 lists of 16-32 rows, the nearest
+    # 32 probed up to 512 rows (random rows in 64 dimensions have no clusters: harder for lists
+    # than real embeddings)
+    index = _grown(stored, 7, exact_below=1000, rows_per_list=16, nprobe=32)
+    index.link_pending()  # the rows into the lists now (else at the first query)
+    assert index.approximate and [n for n, *_ in index.repartitions] == [1000, 2000]
+    got = _replies(index, queries)
     exact = (queries @ stored.astype(np.float16).astype(np.float32).T).max(axis=1)
     assert (exact >= 0.9).sum() > 100 and (exact >= 0.95).sum() > 40  # the threshold region is populated
     for threshold in (0.9, 0.95):
         assert np.array_equal(got >= threshold, exact >= threshold)
-    # The graph returns similarities of rows it found: never above the exact maximum.
+    # The lists return similarities of rows they hold: never above the exact maximum.
     assert np.all(got <= exact + 1e-6)
     # and the planted near-duplicates' values themselves are exact (novelty = 1 - max sim)
     np.testing.assert_allclose(got[:200], exact[:200], rtol=0, atol=1e-6)
+    # an unrelated query is answered from the lists probed, not the whole index: here it misses
+    assert (got[200:] < exact[200:] - 1e-6).any()
+
+
+def test_repartitions_keep_every_row_findable():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(6)
+    stored = _unit_rows(rng, 2100, 32)
+    index = _grown(stored, 50, exact_below=0, rows_per_list=16, nprobe=4)
+    index.link_pending()
+    # partitions at 32, 64, ..., 2048 rows, each a fresh k-means of all rows stored
+    assert [n for n, *_ in index.repartitions] == [32 * 2**j for j in range(7)]
+    assert index.repartitions[-1][1] > 100 and index.approximate
+    rounded = stored.astype(np.float16).astype(np.float32)
+    # each row, asked for itself, is found: it is stored once, in a list near it
+    itself = _replies(index, stored)
+    np.testing.assert_allclose(itself, (stored * rounded).sum(axis=1), rtol=0, atol=1e-6)
+    # probing every list is an exact scan: no row lost, none stored twice with another value
+    index.nprobe, index.scan_budget = 10_000, None
+    queries = _unit_rows(rng, 100, 32)
+    np.testing.assert_allclose(_replies(index, queries), (queries @ rounded.T).max(axis=1), rtol=0, atol=1e-6)
+    assert 2100 * 32 * 2 < index.stored_bytes <= 2100 * (32 * 2 + 8) + index.repartitions[-1][1] * 32 * 4
+
+
+def test_scan_budget_bounds_the_rows_a_query_scans():
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(9)
+    stored = _unit_rows(rng, 1100, 16)
+    index = _grown(stored, 100, exact_below=0, rows_per_list=8, nprobe=1000, scan_budget=40)
+    index.link_pending()
+    queries = _unit_rows(rng, 10, 16)
+    stats = faiss.cvar.indexIVF_stats
+    stats.reset()
+    index.max_similarity(queries)
+    longest = max(index._ivf.invlists.list_size(i) for i in range(index._ivf.nlist))
+    # lists are scanned whole, nearest first, until 40 rows are passed: not all 1,100 rows
+    assert 10 * 40 <= stats.ndis <= 10 * (40 + longest) < 10 * 1100
+    index.scan_budget = None  # no bound: every probed list (here all of them)
+    stats.reset()
+    index.max_similarity(queries)
+    assert stats.ndis == 10 * 1100
 
 
 def test_same_rows_in_the_same_order_give_the_same_answers_however_batched():
@@ -114,42 +171,69 @@ def test_same_rows_in_the_same_order_give_the_same_answers_however_batched():
 
     rng = np.random.default_rng(3)
     stored, queries = _planted(rng, 1500, 64, 200)
+    settings = dict(exact_below=0, rows_per_list=16, nprobe=3)  # lists from 32 rows; 5 re-partitions
 
     def run(chunk: int, query_every: int, in_thread: bool) -> np.ndarray:
-        index = NearDuplicateIndex(64, 0.9, exact_below=0)  # the graph from the first row
-        for i, s in enumerate(range(0, 1500, chunk)):
-            index.add(stored[s : s + chunk])
-            if i % query_every == 0:
-                index.max_similarity(queries[:3])  # links what is waiting, at different points
+        index = _grown(stored, chunk, query_every, queries[:3], **settings)
+        assert index.approximate and len(index.repartitions) == 6
         out: list[np.ndarray] = []
-        ask = lambda: out.extend(index.max_similarity(queries[s : s + 10]) for s in range(0, 200, 10))  # noqa: E731
+        ask = lambda: out.append(_replies(index, queries))  # noqa: E731
         if in_thread:  # as the engine does: from a worker thread
             t = threading.Thread(target=ask)
             t.start()
             t.join()
         else:
             ask()
-        return np.concatenate(out)
+        return out[0]
 
     first = run(1, 1, False)
     assert np.array_equal(first, run(1, 1, False))
     assert np.array_equal(first, run(13, 5, True))
     assert np.array_equal(first, run(1500, 1, False))
+    assert np.array_equal(first, run(700, 1, False))  # one add crossing two partition points
+    exact = (queries @ stored.astype(np.float16).astype(np.float32).T).max(axis=1)
+    assert not np.array_equal(first, exact)  # approximate: the test could see a batching effect
 
 
-def test_large_batches_are_exact_in_graph_mode():
+def test_exact_below_the_first_partition():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(7)
+    stored, queries = _planted(rng, 999, 32, 100)
+    index = _grown(stored, 9, exact_below=1000, rows_per_list=16, nprobe=1)
+    assert not index.approximate and index.repartitions == []
+    rounded = stored.astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(_replies(index, queries), (queries @ rounded.T).max(axis=1), rtol=0, atol=1e-6)
+    index.add(stored[:1])  # the 1,000th row: the first partition, at the next query
+    assert index.approximate
+    _replies(index, queries)
+    assert [n for n, *_ in index.repartitions] == [1000]
+
+
+def test_without_faiss_the_index_is_exact_numpy(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss raises ImportError
+    rng = np.random.default_rng(8)
+    stored, queries = _planted(rng, 1200, 16, 40)
+    index = _grown(stored, 100, exact_below=0, rows_per_list=16, nprobe=1)
+    assert index.backend == "numpy-fp16" and not index.approximate and index.repartitions == []
+    rounded = stored.astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(_replies(index, queries), (queries @ rounded.T).max(axis=1), rtol=0, atol=1e-6)
+
+
+def test_large_batches_are_exact_in_ivf_mode():
     pytest.importorskip("faiss")
     rng = np.random.default_rng(4)
     stored, queries = _planted(rng, 1200, 32, 200)
-    index = NearDuplicateIndex(32, 0.9, exact_below=0)
+    index = NearDuplicateIndex(32, 0.9, exact_below=0, rows_per_list=16, nprobe=1)
     index.add(stored[:1000])
-    index.max_similarity(queries[:2])  # the first 1000 rows into the graph
+    index.max_similarity(queries[:2])  # the first 1000 rows into the lists
     index.add(stored[1000:])  # the rest waiting
     exact = (queries @ stored.astype(np.float16).astype(np.float32).T).max(axis=1)
     np.testing.assert_allclose(index.max_similarity(queries), exact, rtol=0, atol=1e-6)
     before = index.stored_bytes
-    index.link_pending()  # as after a restore: the waiting rows into the graph
-    assert index.stored_bytes > before  # the same float16 rows, now with their links
+    index.link_pending()  # as after a restore: the waiting rows into the lists
+    assert index.stored_bytes > before  # the same float16 rows, now with their list ids
     np.testing.assert_allclose(index.max_similarity(queries), exact, rtol=0, atol=1e-6)
 
 
@@ -162,7 +246,8 @@ def test_always_exact_index_builds_no_graph(backend):
     assert not index.approximate
     assert index.backend == ("faiss-fp16" if backend == "faiss" else "numpy-fp16")
     if backend == "faiss":
-        assert index.stored_bytes == 800 * 48 * 2  # codes only: no graph
+        index.max_similarity(queries[:1])
+        assert index.stored_bytes == 800 * 48 * 2 and not index.repartitions  # codes only: no lists
     exact = (queries @ stored.astype(np.float16).astype(np.float32).T).max(axis=1)
     np.testing.assert_allclose(index.max_similarity(queries), exact, rtol=0, atol=1e-6)
 

@@ -910,9 +910,10 @@ class Engine:
         """Highest cosine of each surviving candidate to what was accepted before it."""
         if vectors is None or self._index is None:
             return {}
-        # The query (and the linking of rows added since the last one) grows slowly with the run
-        # (HNSW; about 6 ms CPU a reply at 100k accepted): off the event loop. Adds happen in
-        # turn too, so the index is never used from two threads at once.
+        # The query (and the storing of rows added since the last one, with a re-partition of the
+        # IVF lists at each doubling: up to ~2 s at 80k rows) grows slowly with the run (about
+        # 2.5-3.4 ms CPU a reply at 100k accepted): off the event loop. Adds happen in turn too,
+        # so the index is never used from two threads at once.
         base = await asyncio.to_thread(self._index.max_similarity, vectors) if len(self._index) else None
         return self._similarities_now(screened, alive, vectors, base)
 
