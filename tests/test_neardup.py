@@ -146,6 +146,22 @@ def test_repartitions_keep_every_row_findable():
     assert 2100 * 32 * 2 < index.stored_bytes <= 2100 * (32 * 2 + 8) + index.repartitions[-1][1] * 32 * 4
 
 
+def test_no_repartition_past_the_list_cap_and_rows_still_findable(monkeypatch):
+    # A re-partition's cost grows with rows x lists: past MAX_LISTS the lists only grow.
+    pytest.importorskip("faiss")
+    monkeypatch.setattr(neardup, "MAX_LISTS", 8)
+    rng = np.random.default_rng(11)
+    stored = _unit_rows(rng, 2100, 32)
+    index = _grown(stored, 50, exact_below=0, rows_per_list=16, nprobe=4)
+    index.link_pending()
+    assert [(n, lists) for n, lists, *_ in index.repartitions] == [(32, 2), (64, 4), (128, 8)]
+    assert len(index) == 2100
+    rounded = stored.astype(np.float16).astype(np.float32)
+    index.nprobe, index.scan_budget = 10_000, None  # every list: an exact scan of all 2,100 rows
+    queries = _unit_rows(rng, 100, 32)
+    np.testing.assert_allclose(_replies(index, queries), (queries @ rounded.T).max(axis=1), rtol=0, atol=1e-6)
+
+
 def test_scan_budget_bounds_the_rows_a_query_scans():
     faiss = pytest.importorskip("faiss")
     rng = np.random.default_rng(9)

@@ -16,7 +16,8 @@ few candidates are answered
   centroids are nearest, at most ``NPROBE`` of them and, nearest first, until it has passed
   ``nprobe x rows_per_list`` rows (the scan budget: 3,072). The partition is redone each time
   the run doubles (at 5,000 x 2**j rows), so the work of a query stays flat: 3,072 rows and the
-  centroids (625 at 100k) at any size. A similarity the IVF returns is a true one (of the
+  centroids (625 at 100k) at any size. No re-partition makes more than ``MAX_LISTS`` (1,024)
+  lists: past ~131k rows the lists only grow, so pauses stay bounded, and recall slowly falls. A similarity the IVF returns is a true one (of the
   float16 codes), so it never invents a near-duplicate; it can miss the nearest row when that
   row lies in a list not scanned, and return a lower similarity.
 
@@ -76,6 +77,11 @@ BLOCK_ROWS = 4096  # rows per storage block (numpy), and per step of a batched e
 EXACT_BELOW = 5_000  # below, an exact scan: cheap at that size (0.25 ms a reply at 1,000 rows) and exact
 ROWS_PER_LIST = 128  # rows a list holds right after a partition (up to twice that before the next)
 NPROBE = 24  # lists scanned per query, nearest first
+# No re-partition past this many lists (reached at 131,072 rows): a re-partition's k-means and
+# assignment grow with rows x lists, so the pauses would grow with the square of the run (about
+# 1.6 s CPU at 80k rows, ~6 s at 160k). Past it the lists only grow; the scan budget keeps a
+# query's cost bounded, and recall slowly falls as lists outgrow it.
+MAX_LISTS = 1024
 SCAN_BUDGET: int | None = 0  # rows a query scans at most (0: nprobe x rows_per_list; None: no bound)
 KMEANS_ITERATIONS = 10
 KMEANS_SAMPLE_PER_LIST = 32  # training rows per centroid: bounds the pause of a re-partition
@@ -227,10 +233,12 @@ class NearDuplicateIndex:
         at = first
         while at <= self._stored():
             at *= 2
+        if self._ivf is not None and at // self.rows_per_list > MAX_LISTS:
+            return None  # the lists stay as they are from here on
         return at
 
     def _nlist(self, rows: int) -> int:
-        return max(1, rows // self.rows_per_list)
+        return min(MAX_LISTS, max(1, rows // self.rows_per_list))
 
     def _stored(self) -> int:
         return int(self._ivf.ntotal if self._ivf is not None else self._codes.ntotal)
