@@ -124,9 +124,9 @@ def busiest_minute(run: Path) -> int:
     return best
 
 
-def seeds_file(tmp: Path) -> Path:
+def seeds_file(tmp: Path, pool: Path = STRATEGYQA) -> Path:
     path = tmp / "seeds.jsonl"
-    path.write_text(STRATEGYQA.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    path.write_text(pool.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
     return path
 
 
@@ -325,11 +325,15 @@ def _second_half_rate(run: Path) -> float:
 
 
 def bench_embedding_strategies(tmp: Path, codes: list[tuple[str, Path | None]], seconds: float,
-                               concurrency: int = 32) -> list[str]:
+                               concurrency: int = 32, pool: Path = STRATEGYQA) -> list[str]:
     """Calls per second of the MiniLM strategies against tree, 300 ms latency. The code
-    variants alternate row by row, so a change of the machine's load hits them alike."""
-    sim = StandaloneSim("--pool", str(STRATEGYQA), "--latency-ms", "300")
-    seeds = seeds_file(tmp)
+    variants alternate row by row, so a change of the machine's load hits them alike.
+
+    ``pool``: what the simulator draws from. StrategyQA's 2,061 questions run out within a
+    40 s row at ~80 calls/s (contrastive/similar then stop: every child is a duplicate); a
+    pool of 10,000 (CREAK) measures the steady state."""
+    sim = StandaloneSim("--pool", str(pool), "--latency-ms", "300")
+    seeds = seeds_file(tmp, pool)
     rows = ["| code | strategy | calls | seconds | calls / s | share of tree's | calls / s, 2nd half | share of tree's, 2nd half | accepted | peak RSS MB | load avg (1 min) before |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     tree_rate: dict[str, tuple[float, float]] = {}
@@ -361,6 +365,8 @@ def main() -> None:
     ap.add_argument("--knee", default="8,32,64,128", help="speed: concurrencies of the knee rows")
     ap.add_argument("--speed-seconds", type=float, default=25, help="speed: seconds per timed row")
     ap.add_argument("--speed-parts", default="startup,cpu,knee,embedding")
+    ap.add_argument("--pool", type=Path, default=STRATEGYQA,
+                    help="speed, embedding: the simulator's pool (e.g. yesno_close/creak/train.jsonl)")
     ap.add_argument("--out", type=Path, help="the Markdown file to write (default: results/engine[_ONLY].md)")
     ap.add_argument("--seconds", type=float, default=90)
     ap.add_argument("--rpm", type=int, default=300)
@@ -399,8 +405,8 @@ def main() -> None:
                                  bench_knee(tmp, codes, 100, args.speed_seconds, [int(c) for c in args.knee.split(",")])))
             if "embedding" in parts:
                 sections.append((f"Embedding strategies (MiniLM) against tree: c=32, --chains 32, 300 ms latency, "
-                                 f"{args.speed_seconds:g} s per row; {load}",
-                                 bench_embedding_strategies(tmp, codes, args.speed_seconds)))
+                                 f"{args.speed_seconds:g} s per row, pool {args.pool.parent.name}; {load}",
+                                 bench_embedding_strategies(tmp, codes, args.speed_seconds, pool=args.pool)))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     text = [f"Command: `{cmd}`  ", f"Machine: {machine}  ", f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
             "All figures are SIMULATED (treegen's simulator plays the LLM).", ""]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 
@@ -149,7 +150,9 @@ def test_minilm_runs_on_its_worker_with_one_torch_thread_and_batches_concurrent_
             results = list(pool.map(emb.embed, [texts[:10], texts[10:20], texts[20:30]]))
     finally:
         emb.worker._embed_fn = real  # type: ignore[attr-defined]
-    assert all(name == "treegen-minilm" and threads == 1 for name, threads in seen)
+    assert all(name == "treegen-minilm" for name, _ in seen)
+    if emb.backend == "torch":  # onnxruntime's threads are its session's (intra_op_num_threads=1)
+        assert all(threads == 1 for _, threads in seen)
     assert 1 <= len(seen) <= 3
     assert torch.get_num_threads() == main_threads  # the worker's setting is its own
     assert [r.shape for r in results] == [(10, 384)] * 3
@@ -265,3 +268,182 @@ def test_minilm_embeds_each_distinct_text_of_a_pass_once(strategyqa_pool):
     np.testing.assert_array_equal(rows[0], rows[2])
     np.testing.assert_array_equal(rows[1], rows[4])
     np.testing.assert_allclose(rows[:2], emb.embed([a, b]), rtol=0, atol=1e-5)
+
+
+# ---- MiniLM backends: the packed graph in onnxruntime and in torch, and the export's cache
+
+from treegen import embedders as emb_mod  # noqa: E402
+
+
+def test_packed_inputs_map_each_token_to_its_padded_slot_and_back():
+    ids = [[101, 7, 8, 102], [101, 102], [101, 5, 102]]
+    feeds = emb_mod.pack_token_ids(ids)
+    tokens = feeds["input_ids"]
+    assert tokens.tolist() == [101, 7, 8, 102, 101, 102, 101, 5, 102]
+    assert feeds["position_ids"].tolist() == [0, 1, 2, 3, 0, 1, 0, 1, 2]
+    padded = np.append(tokens, -1)[feeds["gather_index"]].reshape(3, 4)  # -1: the zero row
+    assert padded.tolist() == [[101, 7, 8, 102], [101, 102, -1, -1], [101, 5, 102, -1]]
+    assert padded.reshape(-1)[feeds["scatter_index"]].tolist() == tokens.tolist()
+    assert (feeds["key_bias"] < -1e29).tolist() == (padded == -1).tolist()
+    assert feeds["lengths"].ravel().tolist() == [4, 2, 3]
+
+
+def test_minilm_backend_setting(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    for raw, want in (("", "auto"), ("onnx", "onnx"), (" Torch ", "torch"), ("auto", "auto")):
+        monkeypatch.setenv("TREEGEN_MINILM_BACKEND", raw)
+        assert emb_mod.minilm_backend() == want
+    monkeypatch.setenv("TREEGEN_MINILM_BACKEND", "cuda")
+    with pytest.raises(ConfigError, match="TREEGEN_MINILM_BACKEND"):
+        emb_mod.minilm_backend()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    monkeypatch.delenv("TREEGEN_MINILM_BACKEND")
+    assert emb_mod.minilm_backend() == "torch"  # auto without onnxruntime
+    monkeypatch.setenv("TREEGEN_MINILM_BACKEND", "onnx")
+    with pytest.raises(ConfigError, match="pip install onnxruntime"):
+        emb_mod.minilm_backend()
+    with pytest.raises(ConfigError, match="Choose one of: auto, onnx, torch"):
+        emb_mod.MiniLMEmbedder(backend="gpu")
+
+
+def _transformers_vectors(texts):
+    """The pre-session-5 MiniLM path: transformers' BertModel, padded, mean pooled, L2 norm."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = emb_mod.minilm_path()
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+    model.eval()
+    with torch.inference_mode():
+        batch = tokenizer(list(texts), padding=True, truncation=True, max_length=256, return_tensors="pt")
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    """A private cache with one real export in it: (cache folder, graph file, what the export
+    returned: BertModel's vectors of the check texts and the graph's bytes)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    home = tmp_path_factory.mktemp("xdg")
+    exported = []
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(home))
+    real_export = emb_mod._export_packed_minilm
+    mp.setattr(emb_mod, "_export_packed_minilm", lambda path: exported.append(real_export(path)) or exported[-1])
+    try:
+        emb_mod.load_minilm_onnx(emb_mod.minilm_path())
+        file = emb_mod.minilm_onnx_file(emb_mod.minilm_path())
+    finally:
+        mp.undo()
+    assert len(exported) == 1 and os.path.exists(file)
+    return home, file, exported[0]
+
+
+@pytest.fixture(scope="module")
+def real_texts_and_reference(strategyqa_pool):
+    from treegen.task import load_examples
+
+    examples, _ = load_examples(strategyqa_pool)
+    texts = [e.text() for e in examples[:22]] + ["", "word " * 400]  # an empty text; one truncated at 256
+    reference = np.concatenate([_transformers_vectors(texts[i : i + 8]) for i in range(0, len(texts), 8)])
+    return texts, reference
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_backends_give_transformers_vectors_on_real_texts_alone_and_in_passes(backend, real_texts_and_reference,
+                                                                              onnx_cache, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(onnx_cache[0]))
+    texts, reference = real_texts_and_reference
+    embedder = emb_mod.MiniLMEmbedder(backend=backend)
+    whole = embedder.embed(texts)
+    assert embedder.backend == backend
+    alone = np.stack([embedder.embed([t])[0] for t in texts[:3] + texts[-2:]])
+    np.testing.assert_allclose(whole, reference, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(alone, reference[[0, 1, 2, -2, -1]], rtol=0, atol=1e-5)
+    # not a trivially small error: the vectors are the model's, rows differ from each other
+    assert np.abs(whole[0] - whole[1]).max() > 1e-2
+
+
+def test_onnx_cache_is_reused_without_exporting_or_importing_torch(onnx_cache, tmp_path):
+    import subprocess
+    import sys
+
+    home, file, _ = onnx_cache
+    mtime = os.stat(file).st_mtime_ns
+    script = ("import sys\n"
+              "from treegen import embedders as e\n"
+              "def no_export(path): raise AssertionError('exported again')\n"
+              "e._export_packed_minilm = no_export\n"
+              "m = e.MiniLMEmbedder(backend='onnx')\n"
+              "v = m.embed(['Is the sky blue?'])\n"
+              "assert m.backend == 'onnx' and v.shape == (1, 384)\n"
+              "print('torch' in sys.modules)\n")
+    env = dict(os.environ, XDG_CACHE_HOME=str(home), HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"  # a run with a cached graph never loads torch
+    assert os.stat(file).st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("damage", ["flipped bytes", "garbage with a matching checksum", "no checksum"])
+def test_damaged_cache_is_exported_again(damage, onnx_cache, tmp_path, monkeypatch):
+    import hashlib
+    import shutil
+
+    _, good_file, (_, payload) = onnx_cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    file = emb_mod.minilm_onnx_file(emb_mod.minilm_path())
+    os.makedirs(os.path.dirname(file))
+    shutil.copy(good_file, file)
+    shutil.copy(good_file + ".sha256", file + ".sha256")
+    if damage == "flipped bytes":
+        with open(file, "r+b") as f:
+            f.seek(len(payload) // 2)
+            f.write(b"\xff" * 64)
+    elif damage == "garbage with a matching checksum":
+        bad = b"not an onnx graph" * 100
+        with open(file, "wb") as f:
+            f.write(bad)
+        with open(file + ".sha256", "w") as f:
+            f.write(hashlib.sha256(bad).hexdigest())
+    else:
+        os.unlink(file + ".sha256")
+    exports = []
+
+    def counting(path):  # the fixture's real export, without paying for it again
+        exports.append(path)
+        return onnx_cache[2]
+
+    monkeypatch.setattr(emb_mod, "_export_packed_minilm", counting)
+    session = emb_mod.load_minilm_onnx(emb_mod.minilm_path())
+    assert len(exports) == 1
+    with open(file, "rb") as f:
+        rebuilt = f.read()
+    with open(file + ".sha256") as f:
+        assert f.read().strip() == hashlib.sha256(rebuilt).hexdigest()
+    got = session.run(None, emb_mod.pack_token_ids([[101, 2003, 1996, 3712, 2630, 102]]))[0]
+    assert got.shape == (1, 384) and abs(float(np.linalg.norm(got)) - 1) < 1e-5
+    # and the next load takes the rebuilt file as it is
+    monkeypatch.setattr(emb_mod, "_export_packed_minilm", lambda path: pytest.fail("exported twice"))
+    emb_mod.load_minilm_onnx(emb_mod.minilm_path())
+
+
+def test_auto_falls_back_to_torch_when_the_onnx_graph_cannot_be_made(monkeypatch, caplog):
+    def broken(path, threads=1):
+        raise ConfigError("Exporting MiniLM for onnxruntime needs the onnx package once: pip install onnx")
+
+    monkeypatch.setattr(emb_mod, "load_minilm_onnx", broken)
+    auto = emb_mod.MiniLMEmbedder(backend="auto")
+    with caplog.at_level("WARNING", logger="treegen.embedders"):
+        vectors = auto.embed(["Is the sky blue?", "Can a cat swim?"])
+    assert auto.backend == "torch" and vectors.shape == (2, 384)
+    assert "pip install onnx" in caplog.text
+    forced = emb_mod.MiniLMEmbedder(backend="onnx")  # asked for by name: its error, no fallback
+    with pytest.raises(ConfigError, match="pip install onnx"):
+        forced.embed(["Is the sky blue?"])

