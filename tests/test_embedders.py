@@ -44,6 +44,44 @@ def test_worker_embeds_calls_that_queued_while_it_ran_in_one_pass_and_splits_the
     assert worker.passes == 2 and worker.texts == 6
 
 
+def test_two_workers_run_passes_side_by_side_after_one_setup():
+    setups: list[str] = []
+    both_in = threading.Barrier(2, timeout=10)  # passes wait here until two run at once
+    threads_seen: set[str] = set()
+
+    def setup():
+        setups.append(threading.current_thread().name)
+        threading.Event().wait(0.05)  # the second thread must not embed before setup ends
+
+    def embed(texts):
+        assert setups, "a pass ran before the setup"
+        threads_seen.add(threading.current_thread().name)
+        both_in.wait()
+        return _rows(texts)
+
+    worker = EmbedWorker(embed, name="test-worker", setup=setup, workers=2)
+    first = worker.submit(["a"])
+    while not both_in.n_waiting:  # one pass is inside embed: the next goes to the other thread
+        threading.Event().wait(0.001)
+    second = worker.submit(["bb"])
+    assert first.result(10).tolist() == [[1, ord("a")]] and second.result(10).tolist() == [[2, ord("b")]]
+    assert setups == ["test-worker"] and threads_seen == {"test-worker", "test-worker-1"}
+    assert worker.passes == 2 and worker.texts == 2
+
+
+def test_embed_workers_reads_the_environment(monkeypatch):
+    from treegen.embedders import embed_workers
+
+    monkeypatch.setenv("TREEGEN_EMBED_WORKERS", "3")
+    assert embed_workers() == 3
+    for bad in ("0", "many", "65"):
+        monkeypatch.setenv("TREEGEN_EMBED_WORKERS", bad)
+        with pytest.raises(ConfigError, match="TREEGEN_EMBED_WORKERS"):
+            embed_workers()
+    monkeypatch.delenv("TREEGEN_EMBED_WORKERS")
+    assert embed_workers() == min(2, os.cpu_count() or 1)
+
+
 def test_worker_pass_is_capped_at_max_texts():
     release = threading.Event()
     sizes: list[int] = []
@@ -150,7 +188,7 @@ def test_minilm_runs_on_its_worker_with_one_torch_thread_and_batches_concurrent_
             results = list(pool.map(emb.embed, [texts[:10], texts[10:20], texts[20:30]]))
     finally:
         emb.worker._embed_fn = real  # type: ignore[attr-defined]
-    assert all(name == "treegen-minilm" for name, _ in seen)
+    assert all(name.startswith("treegen-minilm") for name, _ in seen)  # its worker threads
     if emb.backend == "torch":  # onnxruntime's threads are its session's (intra_op_num_threads=1)
         assert all(threads == 1 for _, threads in seen)
     assert 1 <= len(seen) <= 3

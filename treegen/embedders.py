@@ -117,7 +117,7 @@ class MiniLMEmbedder:
         self.requested_backend = backend or minilm_backend()  # a bad setting is reported here, at once
         self.backend: str | None = None  # "onnx" or "torch" once loaded (None: not yet)
         self._forward: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
-        self._worker = EmbedWorker(self._embed, name="treegen-minilm", setup=self._load)
+        self._worker = EmbedWorker(self._embed, name="treegen-minilm", setup=self._load, workers=embed_workers())
         self._worker.start()
 
     def _load(self) -> None:
@@ -160,8 +160,12 @@ class MiniLMEmbedder:
 
         torch.set_num_threads(self.threads)
         model = packed_minilm_from_weights(self._path)
+        configured = threading.local()  # torch's intra-op threads are set per thread
 
         def forward(feeds: dict[str, np.ndarray]) -> np.ndarray:
+            if not getattr(configured, "done", False):
+                torch.set_num_threads(self.threads)
+                configured.done = True
             with torch.inference_mode():
                 return model(*(torch.from_numpy(feeds[k]) for k in PACKED_INPUTS)).numpy()
 
@@ -510,6 +514,23 @@ def embed_threads() -> int:
     return threads
 
 
+def embed_workers() -> int:
+    """Threads that run MiniLM passes side by side: ``TREEGEN_EMBED_WORKERS``, else 2 (1 on a
+    one-core machine). Each runs one single-threaded pass at a time, so no thread team waits on
+    another (what made two torch intra-op threads erratic on a busy machine); with a remote LLM
+    the second core embeds while the first runs the event loop. Measured (engine_speed.md,
+    session 5): contrastive 71% -> 84% and similar 70% -> 83% of tree's calls/s at c=32, with
+    the same decisions at -c 1."""
+    raw = os.environ.get("TREEGEN_EMBED_WORKERS", str(min(2, os.cpu_count() or 1)))
+    try:
+        workers = int(raw)
+    except ValueError:
+        workers = 0
+    if not 1 <= workers <= 64:
+        raise ConfigError(f"TREEGEN_EMBED_WORKERS must be a whole number from 1 to 64 (got {raw!r}).")
+    return workers
+
+
 class EmbedWorker:
     """One thread that runs ``embed_fn``; the calls that queue up while it runs go together
     into its next pass (up to ``max_texts`` texts), and each call gets its own rows back.
@@ -519,21 +540,27 @@ class EmbedWorker:
     model); if it fails, every call gets its error."""
 
     def __init__(self, embed_fn: Callable[[Sequence[str]], np.ndarray], name: str,
-                 setup: Callable[[], None] | None = None, max_texts: int = 512):
+                 setup: Callable[[], None] | None = None, max_texts: int = 512, workers: int = 1):
         self._embed_fn = embed_fn
         self._setup = setup
         self.max_texts = max_texts
         self._queue: queue.SimpleQueue[tuple[list[str], concurrent.futures.Future[np.ndarray]]] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # ``workers`` threads take passes from the one queue: embed_fn must be thread-safe (an
+        # onnxruntime session and a torch module in inference are); setup runs once, first.
+        self._threads = [threading.Thread(target=self._run, name=name if i == 0 else f"{name}-{i}", daemon=True)
+                         for i in range(workers)]
+        self._setup_done = threading.Event()
         self._start_lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._setup_error: BaseException | None = None
         self.passes = 0  # calls of embed_fn so far, for tests and profiles
         self.texts = 0  # texts embedded so far
 
     def start(self) -> None:
         with self._start_lock:
-            if not self._thread.is_alive() and self._thread.ident is None:
-                self._thread.start()
+            if self._threads[0].ident is None:
+                for thread in self._threads:
+                    thread.start()
 
     def submit(self, texts: list[str]) -> concurrent.futures.Future[np.ndarray]:
         future: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
@@ -559,11 +586,15 @@ class EmbedWorker:
                 return batch
 
     def _run(self) -> None:
-        if self._setup is not None:
-            try:
-                self._setup()
-            except BaseException as exc:  # reported to every caller, not lost in a thread
-                self._setup_error = exc
+        if threading.current_thread() is self._threads[0]:
+            if self._setup is not None:
+                try:
+                    self._setup()
+                except BaseException as exc:  # reported to every caller, not lost in a thread
+                    self._setup_error = exc
+            self._setup_done.set()
+        else:
+            self._setup_done.wait()
         while True:
             batch = self._take()
             if not batch:
@@ -577,8 +608,9 @@ class EmbedWorker:
                 for _, future in batch:
                     future.set_exception(exc)
                 continue
-            self.passes += 1
-            self.texts += len(texts)
+            with self._count_lock:
+                self.passes += 1
+                self.texts += len(texts)
             start = 0
             for part, future in batch:
                 future.set_result(vectors[start : start + len(part)])
