@@ -30,6 +30,23 @@ def test_migrations_are_applied_once_and_recorded(tmp_path: Path) -> None:
     assert {"accepted_examples", "cost_by_depth", "cost_by_strategy", "calls_by_status"} <= set(db.view_names())
 
 
+def test_a_run_from_before_m007_loses_the_dedup_key_index_and_keeps_its_keys(tmp_path: Path) -> None:
+    """m007 drops an index no query used; a resume still reads the run's duplicate keys."""
+    path = build_run(tmp_path / "r")
+    conn = sqlite3.connect(path)
+    conn.execute("create index idx_nodes_dedup_key on nodes (dedup_key)")  # as m001 left it
+    conn.execute("delete from _sqlite_migrations where name = 'm007_drop_dedup_key_index'")
+    conn.commit()
+    keys = {r[0] for r in conn.execute("select dedup_key from nodes where status in ('seed', 'accepted')")}
+    conn.close()
+    with RunStore.open(path) as store:
+        assert store.seen_keys() == keys and keys
+    conn = sqlite3.connect(path)
+    indexes = {r[0] for r in conn.execute("select name from sqlite_master where type = 'index'")}
+    assert "idx_nodes_dedup_key" not in indexes and "idx_nodes_status_depth" in indexes
+    conn.close()
+
+
 def test_the_spent_rule_is_the_same_in_sql_and_python(tmp_path: Path) -> None:
     store = RunStore.open(build_run(tmp_path / "r"), readonly=True)
     assert store.ledger_totals()["micro"] == SCENARIO["spent_micro"]

@@ -244,6 +244,14 @@ def m006_quality_modules(db: sqlite_utils.Database) -> None:
         from calls group by coalesce(purpose, 'generate') order by purpose""")
 
 
+@_migration
+def m007_drop_dedup_key_index(db: sqlite_utils.Database) -> None:
+    # No query looks nodes up by dedup_key (the run's keys are read once, by status, on
+    # resume); the index only cost writes: each reply's nodes landed on as many random index
+    # pages, 0.15 -> 0.07 ms of CPU per reply's commit (benchmarks/results/cpu.md, session 5).
+    db.execute("drop index if exists idx_nodes_dedup_key")
+
+
 # What sqlite_utils imports only when installed, to map their types' columns (pd.Timestamp,
 # np.int64, ...): treegen's migrations never give it such values, and they cost ~0.3 s (pandas)
 # and ~0.15 s (numpy) of CPU at start-up.
