@@ -226,11 +226,12 @@ def bench_knee(tmp: Path, codes: list[tuple[str, Path | None]], latency_ms: floa
     return rows
 
 
-def bench_flat(tmp: Path, codes: list[tuple[str, Path | None]], calls: int, window: int) -> list[str]:
+def bench_flat(tmp: Path, codes: list[tuple[str, Path | None]], calls: int, window: int,
+               server: str = "sim") -> list[str]:
     """CPU per call over the first ``window`` calls and the last ones of one long run."""
     from treegen.store import RunStore
 
-    sim = Sim()
+    sim = Sim(0.0, server)
     rows = [f"| code | calls | nodes at the end | CPU ms / call, calls 1-{window:,} | "
             f"CPU ms / call, calls {calls - window + 1:,}-{calls:,} | ratio last / first | load at start |",
             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -328,8 +329,8 @@ def main() -> None:
                                    args.server) + [""]
         if "flat" in parts:
             print(f"## flat: one run of {args.flat_calls} calls", flush=True)
-            body += [f"## Flat as the run grows: one run of {args.flat_calls:,} calls (-c 8, latency 0)", ""]
-            body += bench_flat(tmp, codes, args.flat_calls, args.flat_window) + [""]
+            body += [f"## Flat as the run grows: one run of {args.flat_calls:,} calls (-c 8, latency 0, {args.server})", ""]
+            body += bench_flat(tmp, codes, args.flat_calls, args.flat_window, args.server) + [""]
     body.append(f"Load average at the end {load()}; {time.monotonic() - started:.0f} s in all.")
     text = "\n".join(head + body) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
