@@ -31,25 +31,19 @@ import argparse
 import os
 import platform
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from bench_engine import EndpointProcess
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = REPO / "examples" / "seeds.jsonl"
 RESULTS = REPO / "benchmarks" / "results" / "cpu.md"
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load() -> str:
@@ -63,36 +57,20 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-class Sim:
+class Sim(EndpointProcess):
     """The endpoint in its own process: `treegen sim serve` (this checkout's simulator for every
     variant), or with ``kind="standin"`` the light stand-in of ``benchmarks/standin.py``
     (~0.1-0.2 ms CPU a request, so a 2-core machine can show where the client itself saturates)."""
 
     def __init__(self, latency_ms: float = 0.0, kind: str = "sim"):
-        self.port = free_port()
         if kind == "standin":
-            cmd = [sys.executable, str(REPO / "benchmarks" / "standin.py"), "--port", str(self.port),
-                   "--latency-ms", str(latency_ms)]
+            cmd = [sys.executable, str(REPO / "benchmarks" / "standin.py"), "--port", "{port}"]
         else:
-            cmd = [sys.executable, "-m", "treegen", "sim", "serve", "--port", str(self.port), "--rpm", "1000000",
-                   "--latency-ms", str(latency_ms)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(REPO))
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(self.base_url + "/models", timeout=1).read()
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("the simulator did not start")
+            cmd = [sys.executable, "-m", "treegen", "sim", "serve", "--port", "{port}", "--rpm", "1000000"]
+        super().__init__(cmd + ["--latency-ms", str(latency_ms)], cwd=REPO)
 
     def cpu(self) -> float:
         return proc_cpu(self.proc.pid)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def run_args(base_url: str, calls: int, out: Path, concurrency: int = 8) -> list[str]:

@@ -41,35 +41,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class StandaloneSim:
-    """`treegen sim serve` in its own process, as a user would run it."""
+class EndpointProcess:
+    """An OpenAI-compatible endpoint started as its own process from ``cmd`` (``{port}`` in it
+    is filled in), ready once it answers ``GET /v1/models``."""
 
-    def __init__(self, *args: str):
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "treegen", "sim", "serve", "--port", str(self.port), *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        deadline = time.monotonic() + 300
+    def __init__(self, cmd: list[str], cwd: Path | None = None):
         import urllib.request
 
+        self.port = free_port()
+        self.proc = subprocess.Popen([part.format(port=self.port) for part in cmd], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, cwd=str(cwd) if cwd else None)
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             try:
                 urllib.request.urlopen(self.base_url + "/models", timeout=1).read()
                 return
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError("the simulator did not start")
+        self.close()
+        raise RuntimeError(f"the endpoint did not start: {' '.join(cmd)}")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class StandaloneSim(EndpointProcess):
+    """`treegen sim serve` in its own process, as a user would run it."""
+
+    def __init__(self, *args: str):
+        super().__init__([sys.executable, "-m", "treegen", "sim", "serve", "--port", "{port}", *args])
 
     def stats(self) -> dict:
         import urllib.request
 
         return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/sim/stats").read())
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def run_treegen(seeds: Path, out: Path, *args: str, code: Path | None = None) -> tuple[Path, dict]:
