@@ -53,6 +53,15 @@ DEFAULTS: dict[str, Any] = {
 VERIFY_MODES = ("reject", "relabel")
 
 
+
+def cache_dir() -> Path:
+    """Where treegen keeps what it derives once per machine (the parsed token tables, the
+    MiniLM graph): ``TREEGEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/treegen``, else
+    ``~/.cache/treegen``."""
+    if os.environ.get("TREEGEN_CACHE_DIR"):
+        return Path(os.environ["TREEGEN_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "treegen"
+
 @dataclass
 class SimSettings:
     """The built-in simulator (``--backend sim``): its pool and the faults it injects."""

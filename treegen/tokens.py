@@ -44,30 +44,22 @@ def _rank_file(name: str) -> Path:
 _RANKS_CACHE_VERSION = 1
 
 
-def ranks_cache_dir() -> Path:
-    """Where parsed rank tables are kept between processes: ``$XDG_CACHE_HOME/treegen``
-    (``~/.cache/treegen`` without it), or ``TREEGEN_CACHE_DIR``."""
-    import os
-
-    if os.environ.get("TREEGEN_CACHE_DIR"):
-        return Path(os.environ["TREEGEN_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "treegen"
-
-
 def load_ranks(name: str) -> dict[bytes, int]:
     """The rank table of an encoding: token bytes -> rank.
 
     Parsing the shipped base64 file costs ~0.12 s of CPU (o200k_base); a marshal copy of the
-    parsed table loads in ~0.04 s, so it is kept in ``ranks_cache_dir()``, stamped with the
+    parsed table loads in ~0.04 s, so it is kept in ``config.cache_dir()``, stamped with the
     source file's size and mtime. A stale, unreadable or damaged copy is rebuilt; a cache
     that cannot be written is skipped (the table is still parsed)."""
     import marshal
     import os
 
+    from treegen.config import cache_dir
+
     source = _rank_file(name)
     stat = source.stat()
     stamp = (_RANKS_CACHE_VERSION, name, stat.st_size, stat.st_mtime_ns)
-    cached = ranks_cache_dir() / f"{name}.ranks.marshal"
+    cached = cache_dir() / f"{name}.ranks.marshal"
     try:
         loaded = marshal.loads(cached.read_bytes())
         if isinstance(loaded, tuple) and len(loaded) == 2 and loaded[0] == stamp and isinstance(loaded[1], dict):
