@@ -485,3 +485,18 @@ def test_auto_falls_back_to_torch_when_the_onnx_graph_cannot_be_made(monkeypatch
     forced = emb_mod.MiniLMEmbedder(backend="onnx")  # asked for by name: its error, no fallback
     with pytest.raises(ConfigError, match="pip install onnx"):
         forced.embed(["Is the sky blue?"])
+
+
+@pytest.mark.parametrize("name", ["TREEGEN_EMBED_WORKERS", "TREEGEN_EMBED_THREADS"])
+def test_a_bad_minilm_setting_is_refused_before_the_run_exists(tmp_path, yesno_seeds, monkeypatch, name):
+    from typer.testing import CliRunner
+
+    from treegen.cli import app
+
+    monkeypatch.setenv(name, "0")
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["run", str(yesno_seeds), "--backend", "sim", "--strategy", "contrastive",
+                                      "--max-calls", "3", "--out", str(out), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert name in result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert not out.exists() or not any(out.iterdir())

@@ -238,9 +238,20 @@ def prepare_run(seeds: Any, options: dict[str, Any], api_key: str | None = None)
     options["task_format"] = None
     cfg = from_options(fmt.name, {k: v for k, v in options.items() if k != "task_format"}, api_key=api_key)
     check_run_location(out, name)
-    choose_transport(max_calls=cfg.caps.max_calls)  # a bad TREEGEN_HTTP is refused before the run exists
+    check_environment(cfg)
     _describe_local(cfg)
     return create_run(cfg, examples, out, name), cfg
+
+
+def check_environment(cfg: RunConfig) -> None:
+    """The TREEGEN_* settings a run reads later (HTTP transport, MiniLM threads and workers),
+    checked now: a bad one is refused before a run folder exists or a resume writes anything."""
+    choose_transport(max_calls=cfg.caps.max_calls)
+    if cfg.embedder == "minilm":
+        from treegen.embedders import embed_threads, embed_workers
+
+        embed_threads()
+        embed_workers()
 
 
 def _api_key(options: dict[str, Any]) -> str | None:
@@ -283,7 +294,7 @@ def prepare_resume(run_dir: str | Path, options: dict[str, Any], api_key: str | 
     store = RunStore.open(run_dir)
     try:
         cfg = apply_resume_options(RunConfig.from_dict(store.run()["config"]), options)
-        choose_transport(max_calls=cfg.caps.max_calls)  # a bad TREEGEN_HTTP is refused first
+        check_environment(cfg)
         if cfg.backend == "openai" and not api_key and not cfg.base_url:
             raise ConfigError("No API key found: set OPENAI_API_KEY to continue this run.")
         store.save_config(cfg.to_json())
